@@ -1,0 +1,11 @@
+"""faithful: FaithfulSAE (Cho et al., 2025) on TransformerLens and SAELens.
+
+Train sparse autoencoders on a model's own samples and measure what changes: dataset
+statistics, seed stability (SFR), fake features (FFR), reconstruction faithfulness, probing.
+"""
+from .models import (EMBEDDED, SKIP_POSITIONS, PRESETS, HubUnavailableError, SAEPreset,
+                     content_mask, default_layer, hook_name, load_model, model_name, sae_preset,
+                     special_token_ids, start_token_id, stop_token_ids)
+from .profiles import PROFILES, Profile, get_profile
+
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""Named scales for the whole pipeline: ``smoke`` (tests, nbval), ``cpu`` (a 2-core laptop,
+about half an hour end to end) and ``paper`` (a GPU, the paper's Table 5 budgets).
+
+Notebooks and the CLI read the profile named by ``FAITHFUL_PROFILE`` (default ``cpu``);
+the test suite sets ``smoke``. Model-specific SAE hyper-parameters (layer, width, k, lr,
+context length) live in :data:`faithful.models.PRESETS`; a profile only sets budgets and,
+for the embedded model, the scaled-down SAE shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    """Profile name: smoke, cpu or paper."""
+    model: str = "smollm2-135m"
+    """Model every notebook loads (a name accepted by ``faithful.load_model``)."""
+    faithful_tokens: int = 100_000
+    """Tokens of Faithful text to sample from the start token."""
+    max_length: int = 256
+    """Maximum tokens per sampled document (start token excluded)."""
+    gen_batch_size: int = 64
+    """Sequences sampled in parallel."""
+    train_tokens: int = 500_000
+    """Activation tokens each SAE is trained on."""
+    d_sae: int | None = 4608
+    """SAE width for the embedded model (None: the model's Table 5 preset)."""
+    k: int | None = 32
+    """TopK sparsity for the embedded model (None: the preset)."""
+    context_size: int | None = 128
+    """Tokens per training/evaluation context (None: the preset)."""
+    train_batch_size: int = 1024
+    """Activation tokens per SAE optimiser step."""
+    eval_tokens: int = 20_000
+    """Tokens per cell of the reconstruction-faithfulness matrix."""
+    fake_tokens: int = 50_000
+    """Random tokens fed to the model to measure the Fake Feature Ratio."""
+    probe_n_train: int = 2_000
+    """Training texts per probing task."""
+    probe_n_test: int = 500
+    """Test texts per probing task."""
+    corpora: tuple[str, ...] = ("faithful", "wikipedia_en_sample", "c4_en_train_first1000", "alpaca")
+    """Training datasets compared throughout the notebooks."""
+    seeds: tuple[int, ...] = (42, 49)
+    """SAE initialisation seeds (the paper's)."""
+
+    def replace(self, **changes) -> "Profile":
+        return dataclasses.replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        faithful_tokens=2_048,
+        max_length=64,
+        gen_batch_size=32,
+        train_tokens=20_480,
+        d_sae=256,
+        k=8,
+        context_size=64,
+        train_batch_size=512,
+        eval_tokens=2_048,
+        fake_tokens=4_096,
+        probe_n_train=200,
+        probe_n_test=100,
+    ),
+    "cpu": Profile(name="cpu"),
+    "paper": Profile(
+        name="paper",
+        model="gpt2",
+        faithful_tokens=100_000_000,
+        max_length=1024,
+        gen_batch_size=256,
+        train_tokens=100_000_000,
+        d_sae=None,
+        k=None,
+        context_size=None,
+        train_batch_size=4096,
+        eval_tokens=1_000_000,
+        fake_tokens=1_000_000,
+        probe_n_train=100_000,
+        probe_n_test=10_000,
+        corpora=("faithful", "pile-uncopyrighted", "fineweb"),
+    ),
+}
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """Return the named profile (default: ``$FAITHFUL_PROFILE`` or ``cpu``), with overrides."""
+    name = name or os.environ.get("FAITHFUL_PROFILE", "cpu")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} "
+                         "(set FAITHFUL_PROFILE or pass name=)")
+    prof = PROFILES[name]
+    env_model = os.environ.get("FAITHFUL_MODEL")
+    if env_model and "model" not in overrides:
+        overrides["model"] = env_model
+    return prof.replace(**overrides) if overrides else prof

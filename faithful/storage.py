@@ -1,0 +1,139 @@
+"""Where things live on disk, and how they are written so that nothing is ever half-written.
+
+Directories (all overridable by environment variables):
+
+* ``FAITHFUL_HOME``  – project root holding ``data/``, ``runs/``, ``results/``. Default: the
+  nearest folder above the working directory with this project's ``pyproject.toml``
+  (so notebooks run from ``notebooks/`` write to the repository's folders), else the cwd.
+* ``FAITHFUL_MODELS_DIR`` – converted model weights. Default: ``<home>/data/models``; the
+  tests point ``FAITHFUL_HOME`` at a scratch folder and this at the repository's cache.
+* ``FAITHFUL_DATA_DIR`` – folder of public text samples (``NAME.jsonl.gz``). Default:
+  ``<home>/../shared/data`` when it exists.
+
+Writes are atomic: a file is written to a temporary sibling and renamed into place; a
+folder is filled under a temporary name and renamed when complete. A crash, Ctrl-C or a
+full disk leaves either the old artifact or none, never a torn one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def home() -> Path:
+    env = os.environ.get("FAITHFUL_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    for d in (cwd, *cwd.parents):
+        pp = d / "pyproject.toml"
+        if pp.is_file() and 'name = "faithful"' in pp.read_text(errors="ignore"):
+            return d
+    return cwd
+
+
+def data_dir() -> Path:
+    """Generated datasets and converted model weights."""
+    return home() / "data"
+
+
+def models_dir() -> Path:
+    """Converted model weights (``FAITHFUL_MODELS_DIR``, default ``data/models``)."""
+    env = os.environ.get("FAITHFUL_MODELS_DIR")
+    return Path(env).expanduser().resolve() if env else data_dir() / "models"
+
+
+def runs_dir() -> Path:
+    """SAE checkpoints, one folder per (model, dataset, hook, seed)."""
+    return home() / "runs"
+
+
+def results_dir() -> Path:
+    """Metric JSON files and their PNG figures."""
+    return home() / "results"
+
+
+def shared_data_dir() -> Path | None:
+    """The folder of public text samples, or None when there is none."""
+    env = os.environ.get("FAITHFUL_DATA_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    default = home().parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (temporary sibling + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it is renamed to ``path``.
+
+    On any exception the temporary folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG atomically and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
