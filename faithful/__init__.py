@@ -9,3 +9,4 @@ from .models import (EMBEDDED, SKIP_POSITIONS, PRESETS, HubUnavailableError, SAE
 from .profiles import PROFILES, Profile, get_profile
 
 __version__ = "0.1.0"
+from .fidelity import FidelityMatrix, FidelityResult, eval_contexts, fidelity_matrix, reconstruction_metrics

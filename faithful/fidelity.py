@@ -1,0 +1,434 @@
+"""Reconstruction faithfulness (§3.3, §5.5, App. B): what splicing an SAE into the model costs.
+
+For one SAE and one evaluation set, :func:`reconstruction_metrics` measures on the same packed
+token budget (``n_tokens``, ``context_size``, ``seed``):
+
+* ``ce_clean`` – next-token cross-entropy of the unmodified model (nats/token);
+* ``ce_spliced`` – the same with the SAE's reconstruction replacing the activation at its hook;
+* ``ce_diff`` – ``ce_spliced − ce_clean``;
+* ``l2`` – mean over tokens of the squared error summed over ``d_in``: ``mean_t ‖x_t − x̂_t‖²``.
+  This is SAELens's ``mse`` (``run_evals``) and its training MSE; ``mse_per_element`` = ``l2 / d_in``;
+* ``explained_variance`` – ``1 − mean_t ‖x_t − x̂_t‖² / mean_t ‖x_t − x̄‖²`` (variance about the
+  mean, summed over dimensions; SAELens's ``explained_variance``, not its ``_legacy`` one);
+* ``l0`` – mean number of active latents per token.
+
+Positions: the reconstruction is spliced in only at content positions
+(:func:`faithful.content_mask`: not position 0, not special tokens); elsewhere the original
+activation is kept. Every average runs over content positions; the CE at position ``t`` (the loss of
+predicting token ``t+1``) counts when position ``t`` is a content position – SAELens's convention
+with its ``exclude_special_tokens``, which also drops position 0 because it holds the start token.
+
+Contexts are packed (:func:`eval_contexts`): documents in a seeded order, each truncated to one
+context, joined by the start token, cut into rows of ``context_size − 1`` tokens, each row headed by
+the start token. No padding, and the same budget for every cell.
+
+:func:`fidelity_matrix` evaluates SAEs (rows: training dataset) × evaluation sets (columns) and
+draws App. B's three annotated heatmaps. The clean pass runs once per evaluation set and batch and
+is shared by every SAE; for ``resid_post``/``resid_pre`` hooks the spliced pass restarts at the
+hook's layer from the cached activations instead of re-running the layers below it.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from . import storage
+from .activations import autocast_context
+from .models import content_mask, model_name, special_token_ids, start_token_id
+
+METRICS = ("explained_variance", "l2", "ce_diff")
+"""The three App. B heatmaps, in drawing order."""
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class FidelityResult:
+    """Reconstruction faithfulness of one SAE on one evaluation set."""
+
+    ce_clean: float
+    """Cross-entropy of the unmodified model (nats per predicted token)."""
+    ce_spliced: float
+    """Cross-entropy with the SAE's reconstruction spliced in at its hook."""
+    ce_diff: float
+    """``ce_spliced − ce_clean`` (higher: the SAE loses more of what the model uses)."""
+    l2: float
+    """Mean over tokens of ``‖x − x̂‖²`` summed over ``d_in`` (SAELens's ``mse``)."""
+    mse_per_element: float
+    """``l2 / d_in``: the squared error per activation element."""
+    explained_variance: float
+    """``1 − E‖x − x̂‖² / E‖x − E[x]‖²`` over content tokens."""
+    l0: float
+    """Mean number of non-zero latents per content token."""
+    n_tokens: int
+    """Content tokens in the activation averages (start/special tokens excluded)."""
+    n_ce_tokens: int
+    """Predictions in the CE averages."""
+    hook: str
+    """Hook the SAE reads and is spliced into."""
+    context_size: int
+    """Tokens per packed context (start token included)."""
+    seed: int
+    """Seed of the document order."""
+    sae: str = ""
+    """Label of the SAE (its training dataset, in a matrix)."""
+    dataset: str = ""
+    """Label of the evaluation set."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, directory: str | Path, name: str = "fidelity") -> Path:
+        """Write ``<directory>/<name>.json``."""
+        return storage.write_json(Path(directory) / f"{name}.json", self.to_dict())
+
+
+@dataclass
+class FidelityMatrix:
+    """SAEs (rows: training dataset) × evaluation sets (columns), App. B."""
+
+    rows: list[str]
+    """SAE labels, usually the training dataset's name."""
+    columns: list[str]
+    """Evaluation set labels."""
+    cells: dict[str, dict[str, FidelityResult]]
+    """``cells[row][column]``."""
+    model: str = ""
+    """Name of the language model."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """n_tokens, context_size, seed, autocast – identical for every cell."""
+
+    def values(self, metric: str):
+        """``[len(rows), len(columns)]`` numpy array of one metric."""
+        import numpy as np
+
+        return np.array([[getattr(self.cells[r][c], metric) for c in self.columns] for r in self.rows])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "settings": self.settings, "rows": self.rows, "columns": self.columns,
+                "cells": {r: {c: self.cells[r][c].to_dict() for c in self.columns} for r in self.rows}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FidelityMatrix":
+        cells = {r: {c: FidelityResult(**v) for c, v in row.items()} for r, row in d["cells"].items()}
+        return cls(list(d["rows"]), list(d["columns"]), cells, d.get("model", ""), dict(d.get("settings", {})))
+
+    def figure(self, metrics: Sequence[str] = METRICS):
+        """Three annotated heatmaps (explained variance, L2, CE difference), as in App. B."""
+        import matplotlib.pyplot as plt
+
+        titles = {"explained_variance": "Explained variance (↑)", "l2": "L2: mean ‖x − x̂‖² (↓)",
+                  "ce_diff": "CE difference, nats (↓)", "l0": "L0", "ce_spliced": "CE spliced"}
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1, 0.55 * len(self.rows) + 2.5))
+        axes = [axes] if len(metrics) == 1 else list(axes)
+        for ax, metric in zip(axes, metrics):
+            v = self.values(metric)
+            im = ax.imshow(v, cmap="viridis" if metric == "explained_variance" else "viridis_r", aspect="auto")
+            for i in range(v.shape[0]):
+                for j in range(v.shape[1]):
+                    ax.text(j, i, _fmt(v[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if im.norm(v[i, j]) < 0.5 else "black")
+            ax.set_xticks(range(len(self.columns)), self.columns, rotation=40, ha="right")
+            ax.set_yticks(range(len(self.rows)), self.rows)
+            ax.set_xlabel("evaluation dataset")
+            ax.set_title(titles.get(metric, metric))
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        axes[0].set_ylabel("SAE training dataset")
+        fig.suptitle(f"Reconstruction faithfulness – {self.model} ({self.settings.get('n_tokens')} tokens per cell)")
+        fig.tight_layout()
+        return fig
+
+    def save(self, directory: str | Path, name: str = "fidelity_matrix") -> Path:
+        """Write ``<name>.json`` and the heatmaps ``<name>.png``; returns the JSON path."""
+        import matplotlib.pyplot as plt
+
+        directory = Path(directory)
+        path = storage.write_json(directory / f"{name}.json", self.to_dict())
+        fig = self.figure()
+        storage.save_figure(fig, directory / f"{name}.png")
+        plt.close(fig)
+        return path
+
+
+def _fmt(x: float) -> str:
+    a = abs(x)
+    return f"{x:.3g}" if a >= 100 or a < 0.01 else f"{x:.3f}"
+
+
+# ----------------------------------------------------------------------------- contexts
+def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int,
+                  progress: bool = False) -> torch.Tensor:
+    """``[n_contexts, context_size]`` packed contexts holding ``n_tokens`` tokens after the start token.
+
+    ``dataset``: a ``datasets.Dataset`` (``token_ids`` used when present, else ``text``), a list
+    of texts, or a name/path for :func:`faithful.load_corpus` (a Faithful dataset folder, a
+    shared-data file name …). Documents are taken in a ``seed``-ed order, each truncated to
+    ``context_size − 1`` tokens, separated by the start token, packed and cut into rows of
+    ``context_size − 1``; each row starts with the start token. A dataset too small for the
+    budget gives fewer rows, with a warning.
+    """
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+    if not 2 <= context_size <= model.cfg.n_ctx:
+        raise ValueError(f"context_size must be in 2..{model.cfg.n_ctx} (the model's context), got {context_size}")
+    body = context_size - 1
+    n_rows = math.ceil(n_tokens / body)
+    need = n_rows * body
+    start = start_token_id(model)
+    special = set(special_token_ids(model))
+    docs, use_ids = _documents(dataset)
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(int(seed))).tolist()
+    stream: list[int] = []
+    tok = model.tokenizer
+    for i in order:
+        if len(stream) >= need:
+            break
+        if use_ids:
+            ids = [int(t) for t in docs[i]]
+            while ids and ids[0] in special:  # a stored leading start token
+                ids = ids[1:]
+        else:
+            ids = tok(docs[i], add_special_tokens=False)["input_ids"]
+        ids = ids[:body]
+        if not ids:
+            continue
+        if stream:
+            stream.append(start)
+        stream.extend(ids)
+    n_full = min(n_rows, len(stream) // body)
+    if n_full == 0:
+        raise ValueError(f"the evaluation set has only {len(stream)} tokens, fewer than one context "
+                         f"({body}); pass more documents or a smaller context_size")
+    if n_full < n_rows:
+        warnings.warn(f"the evaluation set holds {n_full * body} tokens, fewer than the {n_tokens} asked for; "
+                      "using them all", stacklevel=2)
+    rows = torch.tensor(stream[: n_full * body], dtype=torch.long).view(n_full, body)
+    return torch.cat([torch.full((n_full, 1), start, dtype=torch.long), rows], dim=1)
+
+
+def _documents(dataset) -> tuple[Sequence, bool]:
+    """(documents, are_token_ids) from a Dataset, a list of texts or a corpus name/path."""
+    if isinstance(dataset, (str, Path)):
+        from .corpora import load_corpus
+
+        dataset = load_corpus(dataset)
+    if isinstance(dataset, (list, tuple)):
+        if not all(isinstance(t, str) for t in dataset):
+            raise TypeError("a list dataset must hold texts (str)")
+        return list(dataset), False
+    cols = getattr(dataset, "column_names", None)
+    if cols is None:
+        raise TypeError(f"dataset must be a datasets.Dataset, a list of texts or a corpus name/path, "
+                        f"not {type(dataset).__name__}")
+    if "token_ids" in cols:
+        return dataset["token_ids"], True
+    if "text" in cols:
+        return dataset["text"], False
+    raise ValueError(f"the dataset has neither a 'token_ids' nor a 'text' column (columns: {cols})")
+
+
+# ----------------------------------------------------------------------------- evaluation
+class _Acc:
+    """Float64 running sums for one SAE on one evaluation set."""
+
+    def __init__(self, d_in: int):
+        self.ce_clean = self.ce_spliced = self.err2 = self.x2 = self.l0 = 0.0
+        self.sum_x = torch.zeros(d_in, dtype=torch.float64)
+        self.n = self.n_ce = 0
+
+    def add_acts(self, x: torch.Tensor, x_hat: torch.Tensor, latents: torch.Tensor) -> None:
+        x64, e64 = x.double(), (x - x_hat).double()
+        self.err2 += e64.pow(2).sum().item()
+        self.x2 += x64.pow(2).sum().item()
+        self.sum_x += x64.sum(0).cpu()
+        self.l0 += (latents != 0).sum().item()
+        self.n += x.shape[0]
+
+    def result(self, d_in: int, **labels) -> FidelityResult:
+        n, m = max(self.n, 1), max(self.n_ce, 1)
+        mse = self.err2 / n
+        var = self.x2 / n - (self.sum_x / n).pow(2).sum().item()
+        ev = (1.0 if mse < 1e-10 else 0.0) if var < 1e-10 else 1.0 - mse / var
+        return FidelityResult(ce_clean=self.ce_clean / m, ce_spliced=self.ce_spliced / m,
+                              ce_diff=(self.ce_spliced - self.ce_clean) / m, l2=mse, mse_per_element=mse / d_in,
+                              explained_variance=ev, l0=self.l0 / n, n_tokens=self.n, n_ce_tokens=self.n_ce, **labels)
+
+
+def check_sae(model, sae, hook: str | None = None) -> str:
+    """The SAE's hook, after checking it exists in ``model`` and the SAE can be used as is."""
+    hook = hook or getattr(sae.cfg.metadata, "hook_name", None)
+    if not hook:
+        raise ValueError("the SAE has no hook: set sae.cfg.metadata.hook_name (e.g. 'blocks.22.hook_resid_post')")
+    if hook not in model.hook_dict:
+        raise ValueError(f"the SAE's hook {hook!r} is not a hook of {model_name(model)} "
+                         f"({model.cfg.n_layers} layers): was it trained on another model?")
+    norm = sae.cfg.normalize_activations
+    if norm in ("expected_average_only_in", "covariance_whitening"):
+        raise ValueError(f"the SAE expects {norm!r}-normalised inputs: fold the normalisation into its weights "
+                         "first (sae.fold_activation_norm_scaling_factor(factor)), as SAELens does after training")
+    return hook
+
+
+def _reconstruct(sae, acts: torch.Tensor, mask: torch.Tensor, hook: str):
+    """(spliced activations, x, x̂, latents): the SAE's output at content positions, the input elsewhere."""
+    if acts.shape[-1] != sae.cfg.d_in or acts.dim() != 3:
+        raise ValueError(f"the SAE takes d_in={sae.cfg.d_in} but {hook} gives activations of shape "
+                         f"{tuple(acts.shape)}: the SAE belongs to another model or hook")
+    x = acts[mask].float()
+    with torch.autocast(device_type=acts.device.type, enabled=False):
+        latents = sae.encode(x.to(sae.device, sae.dtype))
+        x_hat = sae.decode(latents).float().to(acts.device)
+    out = acts.clone()
+    out[mask] = x_hat.to(acts.dtype)
+    return out, x, x_hat, latents
+
+
+def _resume_layer(hook: str) -> int | None:
+    """Layer to restart the forward pass at with the spliced residual, or None (full pass needed)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(post|pre)", hook)
+    if not m:
+        return None
+    return int(m.group(1)) + (1 if m.group(2) == "post" else 0)
+
+
+@torch.no_grad()
+def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *, batch_size: int,
+              autocast: bool | None, progress: bool, desc: str, fast: bool = True) -> dict[str, _Acc]:
+    """Run the clean pass once per batch, then every SAE's spliced pass on it."""
+    from tqdm.auto import tqdm
+
+    special = special_token_ids(model)
+    device = model.cfg.device
+    accs = {name: _Acc(sae.cfg.d_in) for name, sae in saes.items()}
+    resume = _resume_layer(hook) if fast else None
+    for s in tqdm(range(0, tokens.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+        toks = tokens[s:s + batch_size].to(device)
+        mask = content_mask(toks, special)
+        ce_mask = mask[:, :-1]
+        with autocast_context(model, autocast):
+            ce_clean, cache = model.run_with_cache(toks, names_filter=hook, return_type="loss", loss_per_token=True)
+        acts = cache[hook]
+        clean_sum = ce_clean.float()[ce_mask].double().sum().item()
+        for name, sae in saes.items():
+            acc = accs[name]
+            if resume is not None:
+                spliced, x, x_hat, latents = _reconstruct(sae, acts, mask, hook)
+                with autocast_context(model, autocast):
+                    ce = model(spliced, start_at_layer=resume, tokens=toks, return_type="loss", loss_per_token=True)
+            else:
+                got = {}
+
+                def splice(a, hook=None, sae=sae):  # noqa: ARG001
+                    got["r"] = _reconstruct(sae, a, mask, hook.name)
+                    return got["r"][0]
+
+                with autocast_context(model, autocast):
+                    ce = model.run_with_hooks(toks, fwd_hooks=[(hook, splice)], return_type="loss",
+                                              loss_per_token=True)
+                _, x, x_hat, latents = got["r"]
+            acc.add_acts(x, x_hat, latents)
+            acc.ce_clean += clean_sum
+            acc.ce_spliced += ce.float()[ce_mask].double().sum().item()
+            acc.n_ce += int(ce_mask.sum())
+    return accs
+
+
+def reconstruction_metrics(model, sae, dataset, *, n_tokens: int, context_size: int, batch_size: int = 8,
+                           seed: int = 0, autocast: bool | None = None, progress: bool = True,
+                           sae_label: str = "", dataset_label: str = "") -> FidelityResult:
+    """Clean CE, spliced CE, their difference, L2, explained variance and L0 (module docstring).
+
+    ``sae``: a SAELens SAE or a checkpoint folder. ``dataset``: see :func:`eval_contexts`.
+    ``autocast``: bf16 autocast for the language model (default: on CPU); the SAE runs in fp32.
+    """
+    sae = _as_sae(sae)
+    hook = check_sae(model, sae)
+    tokens = eval_contexts(model, dataset, n_tokens=n_tokens, context_size=context_size, seed=seed)
+    accs = _evaluate(model, {"sae": sae}, tokens, hook, batch_size=batch_size, autocast=autocast,
+                     progress=progress, desc="fidelity")
+    return accs["sae"].result(sae.cfg.d_in, hook=hook, context_size=context_size, seed=seed,
+                              sae=sae_label, dataset=dataset_label if dataset_label or not isinstance(dataset, str)
+                              else dataset)
+
+
+def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any], *, n_tokens: int,
+                    context_size: int, batch_size: int = 8, seed: int = 0, autocast: bool | None = None,
+                    progress: bool = True, out_dir: str | Path | None = None) -> FidelityMatrix:
+    """Every SAE (rows) on every evaluation set (columns), same budget and seed in every cell.
+
+    ``saes``: label → SAE or checkpoint folder (all at the same hook). ``eval_sets``: label →
+    anything :func:`eval_contexts` takes. With ``out_dir`` each finished column is written to
+    ``out_dir/columns/<label>.json`` and reused when asked again with the same settings and rows;
+    the matrix itself is saved there (JSON + PNG).
+    """
+    from tqdm.auto import tqdm
+
+    if not saes or not eval_sets:
+        raise ValueError("fidelity_matrix needs at least one SAE and one evaluation set")
+    saes = {name: _as_sae(s) for name, s in saes.items()}
+    hooks = {name: check_sae(model, s) for name, s in saes.items()}
+    if len(set(hooks.values())) > 1:
+        raise ValueError(f"all SAEs of a matrix must read the same hook, got {hooks}")
+    hook = next(iter(hooks.values()))
+    settings = {"n_tokens": n_tokens, "context_size": context_size, "seed": seed, "autocast": autocast,
+                "hook": hook, "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
+    cells: dict[str, dict[str, FidelityResult]] = {r: {} for r in saes}
+    for col, ds in tqdm(eval_sets.items(), desc="evaluation sets", disable=not progress):
+        cached = _load_column(out_dir, col, settings, list(saes))
+        if cached is None:
+            tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed)
+            accs = _evaluate(model, saes, tokens, hook, batch_size=batch_size, autocast=autocast,
+                             progress=progress, desc=col)
+            cached = {r: accs[r].result(saes[r].cfg.d_in, hook=hook, context_size=context_size, seed=seed,
+                                        sae=r, dataset=col) for r in saes}
+            if out_dir is not None:
+                storage.write_json(Path(out_dir) / "columns" / f"{_safe(col)}.json",
+                                   {"settings": settings, "cells": {r: v.to_dict() for r, v in cached.items()}})
+        for r in saes:
+            cells[r][col] = cached[r]
+    matrix = FidelityMatrix(list(saes), list(eval_sets), cells, model_name(model), settings)
+    if out_dir is not None:
+        matrix.save(out_dir)
+    return matrix
+
+
+def _load_column(out_dir, col: str, settings: dict, rows: list[str]) -> dict[str, FidelityResult] | None:
+    if out_dir is None:
+        return None
+    path = Path(out_dir) / "columns" / f"{_safe(col)}.json"
+    if not path.is_file():
+        return None
+    d = storage.read_json(path)
+    if d.get("settings") != settings or sorted(d.get("cells", {})) != sorted(rows):
+        return None
+    return {r: FidelityResult(**v) for r, v in d["cells"].items()}
+
+
+def _fingerprint(sae) -> str:
+    """A short digest of an SAE's weights: a cached column is reused only for the same SAEs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (sae.W_enc, sae.W_dec, sae.b_dec):
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _as_sae(sae):
+    """An SAE object from an SAE or a checkpoint folder."""
+    if isinstance(sae, (str, Path)):
+        from .train import load_sae
+
+        return load_sae(sae)
+    if not hasattr(sae, "encode") or not hasattr(sae, "cfg"):
+        raise TypeError(f"expected a SAELens SAE or a checkpoint folder, got {type(sae).__name__}")
+    return sae
