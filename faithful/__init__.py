@@ -12,3 +12,4 @@ __version__ = "0.1.0"
 from .fidelity import FidelityMatrix, FidelityResult, eval_contexts, fidelity_matrix, reconstruction_metrics
 from .matching import SFRResult, SFRTable, chance_sfr, decoder_matrix, random_decoder, sfr_table, shared_feature_ratio
 from .fake import FFRResult, FFRTable, fake_feature_ratio, ffr_table, firing_counts, firing_frequencies
+from .probing import INPUTS, TASKS, ProbeResult, ProbeTable, ProbeTask, load_task, probe, probe_table

@@ -6,32 +6,13 @@ import pytest
 import torch
 
 import faithful
+from known_saes import identity_sae, topk_sae
 from faithful import fidelity
 from faithful.models import content_mask, special_token_ids
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [f"Document {i}: the {w} walked to the market and bought {i % 7 + 2} apples, then went home."
          for i, w in enumerate(["cat", "dog", "farmer", "teacher", "child", "robot", "queen", "sailor"] * 4)]
-
-
-def topk_sae(d_in, d_sae, k, hook=HOOK, **cfg):
-    from sae_lens import TopKSAE, TopKSAEConfig
-
-    c = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, **cfg)
-    c.metadata.hook_name = hook
-    return TopKSAE(c)
-
-
-def identity_sae(d, hook=HOOK):
-    """TopK SAE with W_enc = [I, −I], W_dec = [I; −I], k = d, biases 0: x̂ = relu(x) − relu(−x) = x."""
-    sae = topk_sae(d, 2 * d, d, hook)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def random_sae(d, seed=0, hook=HOOK):
