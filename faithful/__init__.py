@@ -9,7 +9,11 @@ from .models import (EMBEDDED, SKIP_POSITIONS, PRESETS, HubUnavailableError, SAE
 from .profiles import PROFILES, Profile, get_profile
 
 __version__ = "0.1.0"
+from .corpora import ALPACA_TEMPLATE, CORPORA, CorpusSpec, available_corpora, load_corpus
+from .train import (TrainSettings, list_runs, load_sae, plot_training_curves, run_dir,
+                    train_corpora, train_saes)
 from .fidelity import FidelityMatrix, FidelityResult, eval_contexts, fidelity_matrix, reconstruction_metrics
 from .matching import SFRResult, SFRTable, chance_sfr, decoder_matrix, random_decoder, sfr_table, shared_feature_ratio
-from .fake import FFRResult, FFRTable, fake_feature_ratio, ffr_table, firing_counts, firing_frequencies
 from .probing import INPUTS, TASKS, ProbeResult, ProbeTable, ProbeTask, load_task, probe, probe_table
+from .fake import FFRResult, FFRTable, fake_feature_ratio, ffr_table, firing_counts, firing_frequencies
+from .generate import faithful_dataset_for, generate_faithful_dataset, load_faithful_dataset

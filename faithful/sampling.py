@@ -1,0 +1,187 @@
+"""Batched unconditional sampling with a KV cache: the inner loop of Faithful generation.
+
+Every sequence of a batch starts from the same single start token, so all rows always have
+the same length: no padding, no attention mask, no position bookkeeping. A row that samples a
+stop token (or reaches ``max_length``) leaves the batch, and its rows are dropped from the KV
+cache, so finished rows cost nothing.
+
+Two interchangeable *steppers* run the model one token at a time (``step(tokens [B, 1]) ->
+logits [B, V]``, ``keep(mask)`` drops rows):
+
+* :class:`HFStepper` – the plain Hugging Face causal LM behind the model (same weights: for the
+  embedded model the converted folder in ``data/models``), with its ``DynamicCache``. The
+  fastest path on CPU: no hook points, SDPA attention with grouped KV heads.
+* :class:`HookedStepper` – the ``HookedTransformer`` itself with TransformerLens's KV cache;
+  works for every model ``faithful.load_model`` returns (the tiny test model included).
+
+On CPU with AVX512-BF16/AMX the weights run in bf16 (matmuls ≈4.5× fp32 on the development
+machine); logits are turned to float32 before temperature, top-p and sampling.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import torch
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 where it is fast (CUDA with bf16, CPU with AVX512-BF16 or AMX), else float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: let oneDNN decide
+        return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class HookedStepper:
+    """One-token steps of a ``HookedTransformer`` with TransformerLens's KV cache."""
+
+    name = "hooked"
+
+    def __init__(self, model, dtype: torch.dtype):
+        if model.cfg.dtype != dtype:  # a private copy: never change the caller's model
+            model = copy.deepcopy(model).to(dtype)
+            model.cfg.dtype = dtype
+        self.model, self.device = model, torch.device(model.cfg.device or "cpu")
+        self.cache = None
+
+    def reset(self, batch: int) -> None:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        self.cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.model(tokens.to(self.device), past_kv_cache=self.cache,
+                            attention_mask=torch.ones_like(tokens, device=self.device))
+        return logits[:, -1].float()
+
+    def keep(self, mask: torch.Tensor) -> None:
+        idx = mask.nonzero().squeeze(1).to(self.device)
+        for entry in self.cache.entries:
+            entry.past_keys = entry.past_keys[idx]
+            entry.past_values = entry.past_values[idx]
+        self.cache.previous_attention_mask = self.cache.previous_attention_mask[idx]
+
+
+class HFStepper:
+    """One-token steps of the Hugging Face causal LM (``source``: folder or hub id)."""
+
+    name = "hf"
+
+    def __init__(self, source: str | Path, device: str | torch.device, dtype: torch.dtype):
+        from transformers import AutoModelForCausalLM
+
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=dtype, attn_implementation="sdpa").to(self.device).eval()
+        self.cache = None
+
+    def reset(self, batch: int) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=tokens.to(self.device), past_key_values=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        return out.logits[:, -1].float()
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self.cache.batch_select_indices(mask.nonzero().squeeze(1).to(self.device))
+
+
+def hf_source(model) -> str | None:
+    """The Hugging Face folder or hub id holding ``model``'s weights, or None.
+
+    The embedded model's converted folder; otherwise the tokenizer's ``name_or_path`` when its
+    config has the model's depth, width and vocabulary (so the tiny random model, which borrows
+    SmolLM2's tokenizer, is not mistaken for SmolLM2).
+    """
+    from .models import EMBEDDED, ensure_embedded_model, model_name
+
+    if model_name(model) == EMBEDDED:
+        return str(ensure_embedded_model())
+    candidate = getattr(model, "faithful_source", None) or getattr(
+        model.tokenizer, "name_or_path", None)
+    if not candidate:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(str(candidate))
+    except Exception:
+        return None
+    same = (getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", None)) == model.cfg.n_layers
+            and getattr(cfg, "hidden_size", getattr(cfg, "n_embd", None)) == model.cfg.d_model
+            and getattr(cfg, "vocab_size", None) == model.cfg.d_vocab)
+    return str(candidate) if same else None
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator) -> torch.Tensor:
+    """One token per row from ``softmax(logits / temperature)``, nucleus-truncated at ``top_p``.
+
+    Uses the exponential race (``argmax p_i / E_i`` with ``E_i ~ Exp(1)``), an exact sample
+    from ``p`` that needs one fused pass instead of ``torch.multinomial``'s cumulative sums.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        cum = sorted_p.cumsum(dim=-1)
+        drop = (cum - sorted_p) >= top_p  # tokens entirely beyond the nucleus; the first always stays
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+@torch.inference_mode()
+def sample_batch(stepper, n_rows: int, *, start_id: int, stop_ids, max_length: int,
+                 temperature: float, top_p: float, generator: torch.Generator,
+                 first_tokens: torch.Tensor | None = None, on_tokens=None) -> list[list[int]]:
+    """Sample ``n_rows`` documents from the start token; return their token ids.
+
+    Each list holds the generated tokens only: no start token, no stop token, at most
+    ``max_length`` ids. ``first_tokens`` (the ``flat`` start): the first token is drawn
+    uniformly from these ids instead of from the model. ``on_tokens(n)`` is called after each
+    step with the number of tokens kept (for a progress bar).
+    """
+    stop = torch.as_tensor(sorted(stop_ids), dtype=torch.long)
+    out = torch.zeros((n_rows, max_length), dtype=torch.long)
+    lengths = torch.zeros(n_rows, dtype=torch.long)
+    rows = torch.arange(n_rows)  # which output row each live batch row writes to
+    stepper.reset(n_rows)
+    logits = stepper.step(torch.full((n_rows, 1), start_id, dtype=torch.long))
+    for t in range(max_length):
+        if t == 0 and first_tokens is not None:
+            pick = torch.randint(len(first_tokens), (len(rows),), generator=generator,
+                                 device=generator.device).cpu()
+            nxt = first_tokens[pick]
+        else:
+            nxt = sample_next(logits, temperature, top_p, generator).cpu()
+        ended = torch.isin(nxt, stop)
+        live = ~ended
+        out[rows[live], t] = nxt[live]
+        lengths[rows[live]] += 1
+        if on_tokens is not None:
+            on_tokens(int(live.sum()))
+        if t + 1 == max_length or not bool(live.any()):
+            break
+        if not bool(live.all()):
+            stepper.keep(live)
+            rows, nxt = rows[live], nxt[live]
+        logits = stepper.step(nxt[:, None])
+    return [out[i, : int(lengths[i])].tolist() for i in range(n_rows)]
