@@ -206,6 +206,33 @@ def firing_frequencies(model, sae, tokens: torch.Tensor, *, unit: str = "sequenc
     return seq[0] / n_seq if unit == "sequence" else tok[0] / n_tok
 
 
+def plot_firing_scatter(random_freq, own_freq, *, threshold: float | None = DEFAULT_THRESHOLD,
+                        labels: tuple[str, str] = ("random tokens", "the model's own text"), ax=None,
+                        floor: float = 1e-4):
+    """One dot per latent: firing frequency on random tokens (x) vs on the model's own text (y).
+
+    Log axes; frequencies below ``floor`` (never fired) are drawn at the floor. Dots right of
+    τ are fake; those also low on the own text fire on noise more than on the model's text.
+    """
+    import matplotlib.pyplot as plt
+
+    x, y = np.asarray(random_freq, dtype=float), np.asarray(own_freq, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"the frequency arrays differ in length ({x.shape} vs {y.shape}): same SAE on both inputs?")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(np.maximum(x, floor), np.maximum(y, floor), s=4, alpha=0.4)
+    ax.plot([floor, 1], [floor, 1], color="grey", lw=0.8, ls=":", label="equal")
+    if threshold is not None:
+        ax.axvline(threshold, color="red", ls="--", label=f"τ = {threshold}: {int((x > threshold).sum())} fake")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"fires on {labels[0]}")
+    ax.set_ylabel(f"fires on {labels[1]}")
+    ax.legend(fontsize=8)
+    return ax
+
+
 def _random_inputs(model, n_tokens: int | None, seq_len: int, seed: int) -> tuple[torch.Tensor, int]:
     if n_tokens is None:
         from .profiles import get_profile

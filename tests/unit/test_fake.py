@@ -7,7 +7,7 @@ import torch
 
 from faithful.activations import collect_activations, random_token_contexts
 from faithful.fake import (FFRResult, fake_feature_ratio, ffr_table, firing_counts,
-                           firing_frequencies)
+                           firing_frequencies, plot_firing_scatter)
 
 HOOK = "blocks.1.hook_resid_post"
 PLANTED = [3, 7, 11, 20]
@@ -129,3 +129,12 @@ def test_bad_inputs_raise_clear_errors(tiny_model):
     only_start = torch.zeros(2, 1, dtype=torch.long)
     with pytest.raises(ValueError, match="no content token"):
         firing_frequencies(tiny_model, _sae(d), only_start)
+
+
+def test_firing_scatter_marks_the_fake_latents():
+    ax = plot_firing_scatter([0.0, 0.5, 0.01], [0.2, 0.0, 0.01], threshold=0.1)
+    assert "1 fake" in " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    offsets = ax.collections[0].get_offsets()
+    assert offsets.min() == pytest.approx(1e-4)  # zeros drawn at the floor
+    with pytest.raises(ValueError, match="differ in length"):
+        plot_firing_scatter([0.1, 0.2], [0.1])
