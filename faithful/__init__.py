@@ -17,3 +17,4 @@ from .matching import SFRResult, SFRTable, chance_sfr, decoder_matrix, random_de
 from .probing import INPUTS, TASKS, ProbeResult, ProbeTable, ProbeTask, load_task, probe, probe_table
 from .fake import FFRResult, FFRTable, fake_feature_ratio, ffr_table, firing_counts, firing_frequencies
 from .generate import faithful_dataset_for, generate_faithful_dataset, load_faithful_dataset
+from .stats import DatasetStats, dataset_stats, stats_table
