@@ -1,0 +1,224 @@
+"""Text corpora by name or path, as ``datasets.Dataset``s with a ``text`` column.
+
+``load_corpus(name_or_path, split=None)`` resolves, in this order:
+
+1. ``"faithful"`` – the Faithful dataset of the current profile's model
+   (``faithful.generate.faithful_dataset_for``); or a path to a folder holding
+   ``faithful_meta.json`` (a Faithful dataset written by ``generate_faithful_dataset``).
+2. A path to a ``.jsonl``, ``.jsonl.gz``, ``.parquet`` file or a saved HF dataset folder.
+3. A file of the shared data folder (``FAITHFUL_DATA_DIR``, see ``storage.shared_data_dir``)
+   by its name: ``wikipedia_en_sample``, ``c4_en_train_first1000``, ``alpaca``,
+   ``sst2_validation`` … and, for registry names, ``<name>_<split>`` (``sst2`` + ``"train"``).
+4. A registry name (:data:`CORPORA`) downloaded from the Hugging Face hub; offline, a clear
+   error lists what is available locally.
+
+Instruction data (columns ``instruction``/``input``/``output``) becomes text through the
+Alpaca training template (:data:`ALPACA_TEMPLATE`, from tatsu-lab/stanford_alpaca
+``train.py``, followed by the response). Probing sets keep their ``label`` column.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import storage
+
+ALPACA_TEMPLATE = {
+    "with_input": ("Below is an instruction that describes a task, paired with an input that provides "
+                   "further context. Write a response that appropriately completes the request.\n\n"
+                   "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}"),
+    "no_input": ("Below is an instruction that describes a task. Write a response that appropriately "
+                 "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}"),
+}
+"""The Alpaca prompt + response; ``with_input`` is used when the ``input`` field is non-empty."""
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """One corpus of the paper, and where to find it."""
+
+    name: str
+    """Name accepted by ``load_corpus``."""
+    hub_id: str
+    """Hugging Face dataset id (the paper's choice where it names one)."""
+    config: str | None = None
+    """Dataset configuration (``fineweb``: ``sample-10BT``; GLUE: ``cola``)."""
+    split: str = "train"
+    """Default split."""
+    text_field: str = "text"
+    """Column holding the text, or ``"alpaca"`` (instruction/input/output through the template),
+    or ``"inputs+targets"`` (FLAN: the two fields joined by a blank line)."""
+    kind: str = "web"
+    """``web``, ``instruction`` or ``probe`` (probing sets also carry a ``label``)."""
+    local: str | None = None
+    """Stem of the shared-data file(s): ``<local>.jsonl.gz`` or ``<local>_<split>.jsonl.gz``."""
+
+
+CORPORA: dict[str, CorpusSpec] = {c.name: c for c in [
+    CorpusSpec("pile-uncopyrighted", "monology/pile-uncopyrighted"),
+    CorpusSpec("fineweb", "HuggingFaceFW/fineweb", config="sample-10BT"),
+    CorpusSpec("openwebtext", "Skylion007/openwebtext"),
+    CorpusSpec("tinystories", "roneneldan/TinyStories", local="tinystories_validation_blocks"),
+    CorpusSpec("alpaca", "aifeifei798/merged_uncensored_alpaca", text_field="alpaca",
+               kind="instruction", local="alpaca"),
+    CorpusSpec("flan", "Open-Orca/FLAN", text_field="inputs+targets", kind="instruction"),
+    CorpusSpec("open-instruct", "xzuyn/open-instruct-uncensored-alpaca", text_field="alpaca",
+               kind="instruction"),
+    CorpusSpec("sst2", "stanfordnlp/sst2", text_field="sentence", kind="probe", local="sst2"),
+    CorpusSpec("cola", "nyu-mll/glue", config="cola", text_field="sentence", kind="probe", local="cola"),
+    CorpusSpec("ag_news", "fancyzhx/ag_news", kind="probe", local="ag_news"),
+    CorpusSpec("yelp_polarity", "fancyzhx/yelp_polarity", kind="probe", local="yelp_polarity"),
+]}
+"""The paper's corpora (§4, App. A). ``alpaca`` resolves first to the shared Stanford Alpaca
+sample; the hub id is the uncensored merge the paper used."""
+
+_LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
+
+
+def load_corpus(name_or_path: str | os.PathLike, split: str | None = None, *,
+                n_docs: int | None = None, model=None, profile=None):
+    """Load a corpus as a ``datasets.Dataset`` with a ``text`` column (see module docstring).
+
+    ``n_docs`` keeps the first ``n_docs`` rows (hub corpora are then streamed, not downloaded
+    whole). ``model``/``profile`` only matter for ``"faithful"`` (default: the profile's model).
+    """
+    if n_docs is not None and n_docs <= 0:
+        raise ValueError(f"n_docs must be positive, got {n_docs}")
+    name = str(name_or_path)
+    spec = CORPORA.get(name)
+    if name == "faithful":
+        ds = _faithful(model, profile)
+    elif Path(name).expanduser().exists():
+        ds = _from_path(Path(name).expanduser())
+    elif (local := _local_file(name, split, spec)) is not None:
+        ds = _from_path(local)
+    elif spec is not None:
+        ds = _from_hub(spec, split or spec.split, n_docs)
+    else:
+        raise ValueError(f"unknown corpus {name!r}: not a path, not a file of the shared data folder "
+                         f"and not a registry name. Available: {', '.join(available_corpora())}")
+    if n_docs is not None and len(ds) > n_docs:
+        ds = ds.select(range(n_docs))
+    return to_text(ds, spec.text_field if spec else "text", source=name)
+
+
+def available_corpora() -> list[str]:
+    """Registry names and the names of every file in the shared data folder."""
+    return sorted(CORPORA) + local_corpora()
+
+
+def local_corpora() -> list[str]:
+    """Names of the files in the shared data folder (``FAITHFUL_DATA_DIR``)."""
+    root = storage.shared_data_dir()
+    if root is None or not root.is_dir():
+        return []
+    return sorted(_stem(p) for p in root.iterdir() if p.name.endswith(_LOCAL_SUFFIXES))
+
+
+def corpus_kind(name: str) -> str:
+    """``faithful``, ``web``, ``instruction`` or ``probe`` for a corpus name (files: by content)."""
+    if name == "faithful" or name.startswith("faithful"):
+        return "faithful"
+    if name in CORPORA:
+        return CORPORA[name].kind
+    for spec in CORPORA.values():
+        if spec.local and name.startswith(spec.local):
+            return spec.kind
+    if any(w in name for w in ("alpaca", "dolly", "instruct", "flan")):
+        return "instruction"
+    return "web"
+
+
+def to_text(ds, text_field: str = "text", source: str = "dataset"):
+    """Give ``ds`` a ``text`` column (from ``text_field``, the Alpaca template or FLAN's fields)."""
+    cols = ds.column_names
+    if "text" in cols:
+        return ds
+    if {"instruction", "output"} <= set(cols):
+        return ds.map(_alpaca_text, desc="Alpaca template")
+    if {"inputs", "targets"} <= set(cols):
+        return ds.map(lambda r: {"text": f"{r['inputs']}\n\n{r['targets']}"})
+    if text_field in cols:
+        return ds.rename_column(text_field, "text")
+    raise ValueError(f"{source} has no text column: its columns are {cols}. Give it a 'text' column "
+                     "(e.g. ds.rename_column('sentence', 'text')), or instruction/input/output "
+                     "columns for the Alpaca template.")
+
+
+def _alpaca_text(row) -> dict:
+    key = "with_input" if (row.get("input") or "").strip() else "no_input"
+    return {"text": ALPACA_TEMPLATE[key].format(instruction=row["instruction"],
+                                                input=row.get("input") or "", output=row["output"])}
+
+
+def _stem(p: Path) -> str:
+    for suf in _LOCAL_SUFFIXES:
+        if p.name.endswith(suf):
+            return p.name[: -len(suf)]
+    return p.name
+
+
+def _local_file(name: str, split: str | None, spec: CorpusSpec | None) -> Path | None:
+    root = storage.shared_data_dir()
+    if root is None:
+        return None
+    base = spec.local if spec and spec.local else name
+    default = spec.split if spec else "train"
+    stems = [base, f"{base}_{default}"] if split is None else [f"{base}_{split}"]
+    if split == default:
+        stems.append(base)  # a file without a split suffix holds the default split
+    for stem in stems:
+        for suf in _LOCAL_SUFFIXES:
+            if (root / f"{stem}{suf}").is_file():
+                return root / f"{stem}{suf}"
+    return None
+
+
+def _from_path(path: Path):
+    import datasets
+
+    if path.is_dir():
+        if not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+            raise ValueError(f"{path} is a folder but not a saved Hugging Face dataset "
+                             "(no dataset_info.json / state.json); save it with Dataset.save_to_disk")
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+        return ds
+    if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    if path.name.endswith(".parquet"):
+        return datasets.load_dataset("parquet", data_files=str(path), split="train")
+    raise ValueError(f"cannot read {path}: expected .jsonl, .jsonl.gz, .parquet or a saved dataset folder")
+
+
+def _faithful(model, profile):
+    from . import generate  # written by the generation engineer
+    from .profiles import get_profile
+
+    profile = profile or get_profile()
+    if model is None:
+        from .models import load_model
+        model = load_model(profile.model)
+    return _from_path(Path(generate.faithful_dataset_for(model, profile)))
+
+
+def _from_hub(spec: CorpusSpec, split: str, n_docs: int | None):
+    import datasets
+
+    from .models import _reachable
+
+    offline = any(os.environ.get(v, "0") not in ("0", "", "false", "False")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if offline or not _reachable("huggingface.co", 443, 3.0):
+        local = ", ".join(local_corpora()) or "none (set FAITHFUL_DATA_DIR to a folder of .jsonl.gz files)"
+        raise RuntimeError(
+            f"cannot load corpus {spec.name!r} ({spec.hub_id}): the Hugging Face hub is "
+            f"{'disabled (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)' if offline else 'unreachable'} and no "
+            f"local copy was found in {storage.shared_data_dir()}. Available locally: {local}. "
+            "Fix: connect to the internet, or pass a local .jsonl/.parquet file or dataset folder.")
+    if n_docs is not None:
+        stream = datasets.load_dataset(spec.hub_id, spec.config, split=split, streaming=True)
+        return datasets.Dataset.from_list(list(stream.take(n_docs)))
+    return datasets.load_dataset(spec.hub_id, spec.config, split=split)

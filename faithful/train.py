@@ -1,0 +1,361 @@
+"""Training TopK SAEs (Gao et al., 2024) with SAELens 6, every seed from one language-model pass.
+
+``train_saes(model, dataset, seeds=(42, 49))`` builds one SAELens ``TopKTrainingSAE`` per seed
+under ``torch.manual_seed(seed)`` (SAELens ignores its config's seed) and one SAELens
+``SAETrainer`` (Adam, AuxK loss against dead latents, activation-norm scaling) per SAE. A single
+:class:`~faithful.train_stream.ActivationStream` runs the model once per batch and every seed's
+trainer steps on the same batch: the seed changes only the initialisation, as in the paper.
+
+Each run is written to ``runs/<model>/<dataset>/<hook>/<profile>/seed<N>/`` in SAELens format
+(``SAE.load_from_disk`` loads it) with ``faithful_run.json`` (model, dataset name and
+fingerprint, hook, tokens seen, seed, settings, profile) and ``curves.jsonl`` (MSE, explained
+variance, L0, dead latents). A finished run is reused; an interrupted one resumes from its last
+checkpoint (``.seed<N>.resume/``, written atomically) and ends with the same weights as an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import storage
+from .models import hook_name, model_name, sae_preset
+from .train_stream import (ActivationStream, load_trainer_state, pack_contexts,
+                           save_trainer_state)
+
+RUN_FILE = "faithful_run.json"
+CURVES_FILE = "curves.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that determines a run's weights (besides the seed)."""
+
+    model: str
+    """Model name (``faithful.model_name``)."""
+    dataset: str
+    """Dataset name used in folder paths."""
+    fingerprint: str
+    """SHA-256 prefix of the packed token contexts trained on."""
+    hook: str
+    """Hook point, ``blocks.L.hook_resid_post``."""
+    d_in: int
+    """Width of the activations."""
+    d_sae: int
+    """Number of latents."""
+    k: int
+    """Active latents per token (TopK)."""
+    lr: float
+    """Adam learning rate (constant, as in Gao et al.)."""
+    n_tokens: int
+    """Content tokens each SAE sees (position 0 and special tokens excluded)."""
+    context_size: int
+    """Tokens per context, start token included."""
+    batch_size: int
+    """Activation tokens per optimiser step."""
+    architecture: str = "topk"
+    """SAELens architecture (only ``topk``)."""
+    aux_loss_coefficient: float = 1.0
+    """AuxK loss weight (SAELens default)."""
+    dead_feature_window: int = 1000
+    """Steps without firing after which a latent counts as dead (SAELens default; capped
+    at a quarter of the run for short runs)."""
+    block_contexts: int = 64
+    """Contexts per shuffle block of the activation stream."""
+    autocast_lm: bool = True
+    """Run the language model under bf16 autocast (CPU)."""
+    autocast_sae: bool = True
+    """Run the SAE's forward/backward under bf16 autocast (CPU: ≈4.5× the fp32 matmul speed)."""
+    profile: str = "cpu"
+    """Profile the settings came from."""
+
+
+def run_dir(model, dataset_name: str, hook: str, seed: int, profile=None) -> Path:
+    """``runs/<model>/<dataset>/<hook>/<profile>/seed<N>`` for a loaded model or a model name."""
+    from .profiles import get_profile
+
+    prof = profile if isinstance(profile, str) else (profile or get_profile()).name
+    name = model if isinstance(model, str) else model_name(model)
+    return storage.runs_dir() / name / dataset_name / hook / prof / f"seed{seed}"
+
+
+def list_runs(model=None, dataset_name: str | None = None, profile=None) -> list[dict]:
+    """Finished runs under ``runs/`` (optionally filtered), each ``faithful_run.json`` + ``path``."""
+    out = []
+    for meta_path in sorted(storage.runs_dir().glob(f"*/*/*/*/seed*/{RUN_FILE}")):
+        meta = storage.read_json(meta_path)
+        s = meta["settings"]
+        prof = profile if isinstance(profile, str) or profile is None else profile.name
+        if ((model is None or s["model"] == (model if isinstance(model, str) else model_name(model)))
+                and (dataset_name is None or s["dataset"] == dataset_name)
+                and (prof is None or s["profile"] == prof)):
+            out.append({**meta, "path": str(meta_path.parent)})
+    return out
+
+
+def load_sae(path_or_sae, device: str = "cpu"):
+    """An SAE from a checkpoint folder (SAELens format), or the SAE itself when given one."""
+    from sae_lens import SAE
+
+    if isinstance(path_or_sae, torch.nn.Module) and hasattr(path_or_sae, "W_dec"):
+        return path_or_sae.to(device)
+    path = Path(path_or_sae) if isinstance(path_or_sae, (str, Path)) else None
+    if path is None or not (path / "cfg.json").is_file():
+        raise ValueError(f"{path_or_sae!r} is neither an SAE nor a checkpoint folder with cfg.json "
+                         "and sae_weights.safetensors: pass a path returned by faithful.train_saes")
+    return SAE.load_from_disk(str(path), device=device)
+
+
+def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None, lr=None,
+               n_tokens=None, context_size=None, batch_size=None, architecture="topk",
+               out_dir=None, dataset_name=None, profile=None, progress=True,
+               checkpoint_every=None, overwrite=False) -> list[Path]:
+    """Train one TopK SAE per seed on ``dataset`` at ``layer``; return their checkpoint folders.
+
+    ``dataset`` is a corpus name or path (``faithful.load_corpus``) or a ``datasets.Dataset``
+    with ``text`` (or ``token_ids``) rows. Arguments left at None come from
+    ``faithful.sae_preset(model, profile)`` and the profile (``train_tokens``,
+    ``train_batch_size``). ``out_dir`` replaces ``runs/`` as the root. ``checkpoint_every``
+    (optimiser steps, default a tenth of the run) sets how often a resumable checkpoint is
+    written. ``overwrite=True`` retrains runs whose folder holds other settings.
+    """
+    from .corpora import load_corpus
+    from .profiles import get_profile
+
+    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    preset = sae_preset(model, profile)
+    hook = hook_name(model, preset.layer if layer is None else layer)
+    d_sae, k = d_sae or preset.d_sae, k or preset.k
+    lr, ctx = lr or preset.lr, context_size or preset.context_size
+    n_tokens, batch_size = n_tokens or profile.train_tokens, batch_size or profile.train_batch_size
+    _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds)
+    if isinstance(dataset, (str, Path)):
+        dataset_name = dataset_name or (Path(dataset).name.split(".")[0] if Path(dataset).exists()
+                                        else str(dataset))
+        dataset = load_corpus(dataset, model=model, profile=profile)
+    contexts, epochs, fingerprint = pack_contexts(model, dataset, ctx, n_tokens)
+    dataset_name = dataset_name or f"dataset-{fingerprint[:8]}"
+    settings = TrainSettings(
+        model=model_name(model), dataset=dataset_name, fingerprint=fingerprint, hook=hook,
+        d_in=model.cfg.d_model, d_sae=d_sae, k=k, lr=lr, n_tokens=n_tokens, context_size=ctx,
+        batch_size=batch_size, architecture=architecture,
+        dead_feature_window=min(1000, max(1, n_tokens // batch_size // 4)),
+        block_contexts=ActivationStream.block_size_for(batch_size, ctx), profile=profile.name)
+    dirs = {s: _seed_dir(out_dir, model, dataset_name, hook, s, profile) for s in seeds}
+    todo = [s for s in seeds if not _finished(dirs[s], settings, overwrite)]
+    if todo:
+        _Run(model, settings, contexts, epochs, todo, dirs, progress, checkpoint_every).fit()
+    return [dirs[s] for s in seeds]
+
+
+def train_corpora(model, profile=None, *, progress=True) -> dict[str, list[Path]]:
+    """Train (or reuse) two-seed SAEs on every corpus of ``profile.corpora``; name → folders.
+
+    ``"faithful"`` is the profile's Faithful dataset (``faithful.generate.faithful_dataset_for``).
+    """
+    from .profiles import get_profile
+
+    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    return {name: train_saes(model, name, seeds=profile.seeds, profile=profile, progress=progress)
+            for name in profile.corpora}
+
+
+def plot_training_curves(runs, metrics=("mse", "explained_variance", "l0", "dead_latents"), path=None):
+    """One panel per metric, one line per run (checkpoint folders or ``list_runs`` dicts)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+    for run in runs:
+        folder = Path(run["path"] if isinstance(run, dict) else run)
+        rows = _read_curves(folder)
+        meta = storage.read_json(folder / RUN_FILE)
+        label = f"{meta['settings']['dataset']} s{meta['seed']}"
+        for ax, m in zip(axes, metrics):
+            ax.plot([r["tokens"] for r in rows], [r[m] for r in rows], label=label)
+    for ax, m in zip(axes, metrics):
+        ax.set_title(m.replace("_", " "))
+        ax.set_xlabel("training tokens")
+    axes[0].set_yscale("log")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        storage.save_figure(fig, path)
+    return fig
+
+
+def make_sae(settings: TrainSettings, seed: int, device: str = "cpu"):
+    """A freshly initialised SAELens ``TopKTrainingSAE``, seeded by hand (SAELens ignores cfg seeds)."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    cfg = TopKTrainingSAEConfig(
+        d_in=settings.d_in, d_sae=settings.d_sae, k=settings.k, device=device,
+        normalize_activations="expected_average_only_in",
+        aux_loss_coefficient=settings.aux_loss_coefficient)
+    meta = cfg.metadata
+    meta.model_name, meta.hook_name = settings.model, settings.hook
+    meta.context_size, meta.prepend_bos, meta.seqpos_slice = settings.context_size, True, (1, None)
+    meta.dataset_path, meta.seed = settings.dataset, seed
+    torch.manual_seed(seed)
+    return TopKTrainingSAE(cfg)
+
+
+# ----------------------------------------------------------------------------- internals
+def _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds):
+    if architecture != "topk":
+        raise ValueError(f"architecture {architecture!r} is not supported: the paper trains TopK SAEs "
+                         "(architecture='topk')")
+    if not 0 < k < d_sae:
+        raise ValueError(f"k={k} must be between 1 and d_sae-1 (d_sae={d_sae}): a TopK SAE keeps k "
+                         "of its d_sae latents; lower k or widen the SAE")
+    if ctx > model.cfg.n_ctx or ctx < 2:
+        raise ValueError(f"context_size={ctx} must be in 2..{model.cfg.n_ctx} (the model's n_ctx)")
+    if n_tokens <= 0 or batch_size <= 0:
+        raise ValueError(f"n_tokens ({n_tokens}) and batch_size ({batch_size}) must be positive")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, got {seeds!r}")
+
+
+def _seed_dir(out_dir, model, dataset_name, hook, seed, profile) -> Path:
+    if out_dir is None:
+        return run_dir(model, dataset_name, hook, seed, profile)
+    return Path(out_dir) / f"seed{seed}"
+
+
+def _finished(folder: Path, settings: TrainSettings, overwrite: bool) -> bool:
+    meta_path = folder / RUN_FILE
+    if not meta_path.is_file():
+        return False
+    if storage.read_json(meta_path)["settings"] == asdict(settings):
+        return True
+    if overwrite:
+        return False
+    raise FileExistsError(f"{folder} holds a run with other settings (data or hyper-parameters "
+                          "changed): pass overwrite=True to retrain it, or out_dir= to keep both")
+
+
+class _Run:
+    """One shared-stream training run of several seeds (internal)."""
+
+    def __init__(self, model, settings: TrainSettings, contexts, epochs, seeds, dirs, progress,
+                 checkpoint_every):
+        from sae_lens.config import SAETrainerConfig
+        from sae_lens.training.sae_trainer import SAETrainer
+
+        self.s, self.seeds, self.dirs, self.progress, self.epochs = settings, seeds, dirs, progress, epochs
+        self.steps = max(1, settings.n_tokens // settings.batch_size)
+        self.every = checkpoint_every or max(1, self.steps // 10)
+        device = str(model.cfg.device or "cpu")
+        self.stream = ActivationStream(model, contexts, settings.hook,
+                                       block_contexts=settings.block_contexts,
+                                       autocast=settings.autocast_lm)
+        cfg = SAETrainerConfig(
+            total_training_samples=self.steps * settings.batch_size,
+            train_batch_size_samples=settings.batch_size, lr=settings.lr, lr_end=settings.lr,
+            device=device,
+            autocast=settings.autocast_sae, dead_feature_window=settings.dead_feature_window,
+            feature_sampling_window=self.steps + 1)
+        self.saes, self.trainers = {}, {}
+        for seed in seeds:
+            self.saes[seed] = make_sae(settings, seed, device)
+            self.trainers[seed] = SAETrainer(cfg=cfg, sae=self.saes[seed], data_provider=iter(()))
+        self.curves: dict[int, list[dict]] = {s: [] for s in seeds}
+        self.t_start = time.perf_counter()
+
+    def resume_dir(self, seed) -> Path:
+        return self.dirs[seed].with_name(f".{self.dirs[seed].name}.resume")
+
+    def fit(self) -> None:
+        from tqdm.auto import tqdm
+
+        step = self._try_resume()
+        if step == 0:
+            self._estimate_scale()
+        bar = tqdm(total=self.steps * self.s.batch_size, initial=step * self.s.batch_size,
+                   unit="tok", desc=f"SAEs {self.s.dataset} seeds {self.seeds}", disable=not self.progress)
+        log_every = max(1, self.steps // 50)
+        while step < self.steps:
+            batch = self.stream.next_batch(self.s.batch_size)
+            for seed, tr in self.trainers.items():
+                out = tr.step(batch)
+                if (step + 1) % log_every == 0 or step + 1 == self.steps:
+                    self._log(seed, tr, out)
+                tr.n_training_steps += 1
+            step += 1
+            bar.update(self.s.batch_size)
+            if step % self.every == 0 and step < self.steps:
+                self._checkpoint(step)
+        bar.close()
+        self._finish()
+
+    def _estimate_scale(self) -> None:
+        acts = self.stream.peek()  # the first block, trained on next: nothing is read twice
+        factor = self.s.d_in ** 0.5 / acts.norm(dim=-1).mean().item()
+        for tr in self.trainers.values():
+            tr.activation_scaler.scaling_factor = factor
+
+    @torch.no_grad()
+    def _log(self, seed, trainer, out) -> None:
+        d = trainer.build_train_step_log_dict(out, trainer.n_training_samples)
+        self.curves[seed].append({
+            "step": trainer.n_training_steps + 1, "tokens": trainer.n_training_samples,
+            "mse": d["losses/mse_loss"], "aux_loss": d.get("losses/auxiliary_reconstruction_loss", 0.0),
+            "explained_variance": d["metrics/explained_variance"], "l0": d["metrics/l0"],
+            "dead_latents": d["sparsity/dead_features"], "seconds": time.perf_counter() - self.t_start})
+
+    def _checkpoint(self, step: int) -> None:
+        for seed, tr in self.trainers.items():
+            with storage.atomic_dir(self.resume_dir(seed), overwrite=True) as tmp:
+                tr.sae.save_model(tmp)
+                save_trainer_state(tr, tmp)
+                _write_curves(tmp, self.curves[seed])
+                storage.write_json(tmp / "resume.json", {"settings": asdict(self.s), "step": step,
+                                                        "stream": self.stream.state()})
+
+    def _try_resume(self) -> int:
+        metas = []
+        for seed in self.seeds:
+            path = self.resume_dir(seed) / "resume.json"
+            metas.append(storage.read_json(path) if path.is_file() else None)
+        ok = all(m is not None and m["settings"] == asdict(self.s) for m in metas) and \
+            len({m["step"] for m in metas}) == 1
+        if not ok:
+            for seed in self.seeds:
+                shutil.rmtree(self.resume_dir(seed), ignore_errors=True)  # restart cleanly
+            return 0
+        for seed, tr in self.trainers.items():
+            folder = self.resume_dir(seed)
+            tr.sae.load_weights_from_checkpoint(folder)
+            load_trainer_state(tr, folder)
+            self.curves[seed] = _read_curves(folder)
+        self.stream.load_state(metas[0]["stream"])
+        return int(metas[0]["step"])
+
+    def _finish(self) -> None:
+        for seed, tr in self.trainers.items():
+            sae = tr.sae
+            sae.fold_activation_norm_scaling_factor(tr.activation_scaler.scaling_factor)
+            tr.activation_scaler.scaling_factor = None
+            tr.set_final_sae_metadata()
+            with storage.atomic_dir(self.dirs[seed], overwrite=True) as tmp:
+                sae.save_inference_model(tmp)
+                _write_curves(tmp, self.curves[seed])
+                storage.write_json(tmp / RUN_FILE, {
+                    "settings": asdict(self.s), "seed": seed, "tokens_seen": tr.n_training_samples,
+                    "epochs": self.epochs, "seconds": time.perf_counter() - self.t_start,
+                    "final": self.curves[seed][-1] if self.curves[seed] else {}})
+            shutil.rmtree(self.resume_dir(seed), ignore_errors=True)
+
+
+def _write_curves(folder: Path, rows: list[dict]) -> None:
+    (folder / CURVES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read_curves(folder: Path) -> list[dict]:
+    path = folder / CURVES_FILE
+    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.is_file() else []

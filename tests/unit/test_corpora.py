@@ -1,0 +1,104 @@
+"""Corpora by name (registry, shared data files, splits) and by path; the Alpaca template; errors."""
+import gzip
+import json
+
+import datasets
+import pytest
+
+import faithful
+from faithful import corpora, storage
+
+SHARED = storage.shared_data_dir()
+needs_shared = pytest.mark.skipif(SHARED is None, reason="no shared data folder")
+
+
+def _write_jsonl(path, rows, gz=False):
+    opener = gzip.open if gz else open
+    with opener(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """A hand-made shared-data folder: a web file, a split probing set, an instruction file."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    _write_jsonl(d / "mini_web.jsonl.gz", [{"text": "a web page"}, {"text": "another page"}], gz=True)
+    _write_jsonl(d / "sst2_train.jsonl.gz", [{"text": "good film", "label": 1}], gz=True)
+    _write_jsonl(d / "sst2_validation.jsonl.gz", [{"text": "bad", "label": 0}, {"text": "ok", "label": 1}], gz=True)
+    _write_jsonl(d / "instr.jsonl", [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+                                     {"instruction": "Translate.", "input": "chat", "output": "cat"}])
+    monkeypatch.setenv("FAITHFUL_DATA_DIR", str(d))
+    return d
+
+
+def test_registry_lists_the_papers_corpora():
+    for name in ("pile-uncopyrighted", "fineweb", "openwebtext", "tinystories", "alpaca", "flan",
+                 "open-instruct", "sst2", "cola", "ag_news", "yelp_polarity"):
+        assert name in faithful.CORPORA
+    assert faithful.CORPORA["flan"].hub_id == "Open-Orca/FLAN"
+    assert faithful.CORPORA["sst2"].kind == "probe" and faithful.CORPORA["alpaca"].kind == "instruction"
+
+
+def test_local_files_by_name_and_split(data_dir):
+    web = faithful.load_corpus("mini_web")
+    assert web["text"] == ["a web page", "another page"]
+    assert faithful.load_corpus("sst2")["label"] == [1]  # registry name + default split
+    val = faithful.load_corpus("sst2", "validation")
+    assert val["text"] == ["bad", "ok"] and val["label"] == [0, 1]
+    assert faithful.load_corpus("sst2_validation")["label"] == [0, 1]
+    assert len(faithful.load_corpus("mini_web", n_docs=1)) == 1
+    assert "mini_web" in faithful.available_corpora()
+
+
+def test_alpaca_template_known_answer(data_dir):
+    ds = faithful.load_corpus(data_dir / "instr.jsonl")
+    assert ds["text"][0] == ("Below is an instruction that describes a task. Write a response that "
+                             "appropriately completes the request.\n\n### Instruction:\nAdd 2 and 3.\n\n"
+                             "### Response:\n5")
+    assert ds["text"][1].endswith("### Instruction:\nTranslate.\n\n### Input:\nchat\n\n### Response:\ncat")
+    assert "paired with an input" in ds["text"][1]
+
+
+def test_paths_parquet_and_saved_dataset_and_faithful_folder(tmp_path):
+    ds = datasets.Dataset.from_dict({"text": ["x y", "z"], "label": [0, 1]})
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    assert faithful.load_corpus(tmp_path / "d.parquet")["text"] == ["x y", "z"]
+    ds.save_to_disk(str(tmp_path / "saved"))
+    assert faithful.load_corpus(str(tmp_path / "saved"))["label"] == [0, 1]
+    fa = datasets.Dataset.from_dict({"text": ["hi"], "token_ids": [[1, 2]], "tokens": [["h", "i"]]})
+    fa.save_to_disk(str(tmp_path / "faithful-x"))
+    (tmp_path / "faithful-x" / "faithful_meta.json").write_text("{}")
+    got = faithful.load_corpus(tmp_path / "faithful-x")
+    assert got["token_ids"] == [[1, 2]] and corpora.corpus_kind("faithful") == "faithful"
+
+
+def test_dataset_without_text_names_its_columns(tmp_path):
+    _write_jsonl(tmp_path / "bad.jsonl", [{"sentence": "s", "score": 1}])
+    with pytest.raises(ValueError, match=r"\['sentence', 'score'\]"):
+        faithful.load_corpus(tmp_path / "bad.jsonl")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="not a saved Hugging Face dataset"):
+        faithful.load_corpus(tmp_path / "folder")
+
+
+def test_offline_hub_corpus_lists_local_names(data_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="mini_web.*sst2_validation|sst2_train.*mini_web") as err:
+        faithful.load_corpus("fineweb")
+    assert "HuggingFaceFW/fineweb" in str(err.value)
+    with pytest.raises(ValueError, match="unknown corpus 'nope'"):
+        faithful.load_corpus("nope")
+    with pytest.raises(ValueError, match="n_docs"):
+        faithful.load_corpus("mini_web", n_docs=0)
+
+
+@needs_shared
+def test_shared_samples_used_by_the_notebooks(monkeypatch):
+    monkeypatch.setenv("FAITHFUL_DATA_DIR", str(SHARED))
+    for name in ("wikipedia_en_sample", "c4_en_train_first1000", "alpaca", "dolly_15k_mosaic_1k"):
+        ds = faithful.load_corpus(name, n_docs=5)
+        assert len(ds) == 5 and all(isinstance(t, str) and t for t in ds["text"])
+    assert set(faithful.load_corpus("ag_news", "test", n_docs=50)["label"]) <= {0, 1, 2, 3}
+    assert faithful.load_corpus("alpaca", n_docs=1)["text"][0].startswith("Below is an instruction")

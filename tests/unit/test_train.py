@@ -1,0 +1,159 @@
+"""SAE training on the tiny random model: end to end, seeds, determinism, reuse, resume, bad input."""
+import json
+
+import datasets
+import pytest
+import torch
+
+import faithful
+from faithful import storage, train
+from faithful.train_stream import ActivationStream, pack_contexts
+
+SHARED = storage.shared_data_dir()  # read before the `home` fixture moves FAITHFUL_HOME
+TEXTS = [f"The {w} sat on the mat number {i}, and then it ran to the {v} garden." for i, (w, v) in
+         enumerate(zip(["cat", "dog", "bird", "fox", "cow"] * 8, ["red", "big", "old", "new"] * 10))]
+SMALL = dict(n_tokens=1536, batch_size=128, d_sae=64, k=4, context_size=32, progress=False)
+
+
+@pytest.fixture
+def texts():
+    return datasets.Dataset.from_dict({"text": TEXTS})
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+    return load_file(str(path / "sae_weights.safetensors"))
+
+
+def test_end_to_end_checkpoints_metadata_and_curves(tiny_model, texts, home):
+    paths = faithful.train_saes(tiny_model, texts, dataset_name="toy", seeds=(42, 49), **SMALL)
+    assert [p.name for p in paths] == ["seed42", "seed49"]
+    assert paths[0] == faithful.run_dir(tiny_model, "toy", "blocks.1.hook_resid_post", 42, "smoke")
+    for p, seed in zip(paths, (42, 49)):
+        sae = faithful.load_sae(p)
+        assert sae.cfg.d_sae == 64 and sae.cfg.k == 4 and sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+        assert list(sae.cfg.metadata.seqpos_slice) == [1, None]
+        meta = storage.read_json(p / train.RUN_FILE)
+        assert meta["seed"] == seed and meta["tokens_seen"] == 1536
+        assert meta["settings"]["model"] == "tiny-random" and len(meta["settings"]["fingerprint"]) == 16
+        rows = [json.loads(x) for x in (p / train.CURVES_FILE).read_text().splitlines()]
+        assert rows[-1]["tokens"] == 1536
+        assert {"mse", "explained_variance", "l0", "dead_latents"} <= set(rows[-1])
+        assert all(r["l0"] <= 4 for r in rows)
+        assert rows[-1]["mse"] < rows[0]["mse"]  # it learns
+    runs = faithful.list_runs(tiny_model, "toy")
+    assert sorted(r["seed"] for r in runs) == [42, 49]
+    fig = faithful.plot_training_curves(paths, path=home / "curves.png")
+    assert (home / "curves.png").stat().st_size > 1000 and len(fig.axes) == 4
+
+
+def test_seeds_change_only_the_initialisation(tiny_model, texts, home):
+    settings = train.TrainSettings(model="m", dataset="d", fingerprint="f", hook="blocks.1.hook_resid_post",
+                                   d_in=64, d_sae=64, k=4, lr=1e-3, n_tokens=1, context_size=32, batch_size=1)
+    a, b, a2 = (train.make_sae(settings, s).W_dec.detach() for s in (42, 49, 42))
+    assert torch.equal(a, a2) and not torch.allclose(a, b)
+    # same seed and data twice: identical final weights; the other seed differs
+    first = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "a", **SMALL)
+    again = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "b", **SMALL)
+    w42, w49, w42b = _weights(first[0]), _weights(first[1]), _weights(again[0])
+    assert all(torch.equal(w42[n], w42b[n]) for n in w42)
+    assert not torch.allclose(w42["W_dec"], w49["W_dec"])
+
+
+def test_reloaded_checkpoint_gives_the_trained_sae_outputs(tiny_model, texts, home, monkeypatch):
+    trained = {}
+    finish = train._Run._finish
+
+    def capture(self):
+        finish(self)
+        trained.update(self.saes)
+
+    monkeypatch.setattr(train._Run, "_finish", capture)
+    (path,) = faithful.train_saes(tiny_model, texts, seeds=(42,), **SMALL)
+    contexts, _, _ = pack_contexts(tiny_model, texts, 32, 256)
+    x = ActivationStream(tiny_model, contexts, "blocks.1.hook_resid_post", block_contexts=8).next_batch(64)
+    loaded = faithful.load_sae(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained[42](x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close((loaded.encode(x) > 0).float(), (trained[42].encode(x) > 0).float())
+    assert faithful.load_sae(loaded) is loaded
+    with pytest.raises(ValueError, match="checkpoint folder"):
+        faithful.load_sae(home)
+
+
+def test_finished_run_is_reused_and_other_settings_refused(tiny_model, texts, home):
+    (path,) = faithful.train_saes(tiny_model, texts, seeds=(42,), **SMALL)
+    stamp = (path / "sae_weights.safetensors").stat().st_mtime_ns
+    assert faithful.train_saes(tiny_model, texts, seeds=(42,), **SMALL) == [path]
+    assert (path / "sae_weights.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        faithful.train_saes(tiny_model, texts, seeds=(42,), **{**SMALL, "k": 5})
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, monkeypatch):
+    whole = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "whole", **SMALL)
+    calls = {"n": 0}
+    real = ActivationStream.next_batch
+
+    def dying(self, n):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(self, n)
+
+    monkeypatch.setattr(ActivationStream, "next_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", checkpoint_every=3, **SMALL)
+    assert not (home / "cut" / "seed42").exists()  # nothing half-written that would load
+    assert storage.read_json(home / "cut" / ".seed42.resume" / "resume.json")["step"] == 6
+    monkeypatch.setattr(ActivationStream, "next_batch", real)
+    resumed = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", **SMALL)
+    for a, b in zip(whole, resumed):
+        wa, wb = _weights(a), _weights(b)
+        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert not (home / "cut" / ".seed42.resume").exists()
+
+
+def test_stream_batches_straddle_blocks_without_loss(tiny_model, texts):
+    contexts, epochs, _ = pack_contexts(tiny_model, texts, 16, 600)
+    assert epochs == 1 and (contexts[:, 0] == faithful.start_token_id(tiny_model)).all()
+    stream = ActivationStream(tiny_model, contexts, "blocks.0.hook_resid_post", block_contexts=3)
+    n_total = sum(len(stream.block_activations(b)) for b in range(stream.n_blocks))
+    got = sum(len(stream.next_batch(100)) for _ in range(n_total // 100))
+    assert got == (n_total // 100) * 100 and stream.block >= stream.n_blocks - 1
+    more, epochs, _ = pack_contexts(tiny_model, texts, 16, 20_000)
+    assert epochs > 1  # a small dataset is repeated, and says so
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(layer=2), "out of range"),
+    (dict(context_size=512), "n_ctx"),
+    (dict(k=64), "k=64"),
+    (dict(architecture="gated"), "topk"),
+])
+def test_bad_arguments(tiny_model, texts, home, bad, match):
+    with pytest.raises(ValueError, match=match):
+        faithful.train_saes(tiny_model, texts, **{**SMALL, **bad})
+
+
+def test_bad_datasets(tiny_model, home):
+    with pytest.raises(ValueError, match="sentence"):
+        faithful.train_saes(tiny_model, datasets.Dataset.from_dict({"sentence": ["a b c"]}), **SMALL)
+    with pytest.raises(ValueError, match="empty"):
+        faithful.train_saes(tiny_model, datasets.Dataset.from_dict({"text": []}), **SMALL)
+    with pytest.raises(ValueError, match="no tokens"):
+        faithful.train_saes(tiny_model, datasets.Dataset.from_dict({"text": ["", ""]}), **SMALL)
+
+
+@pytest.mark.skipif(SHARED is None, reason="no shared data folder")
+def test_corpus_by_name_and_token_ids_rows(tiny_model, home, monkeypatch):
+    monkeypatch.setenv("FAITHFUL_DATA_DIR", str(SHARED))
+    (path,) = faithful.train_saes(tiny_model, "alpaca", seeds=(42,), **SMALL)
+    assert path.parts[-4] == "alpaca"
+    # Faithful-style rows: generated token ids are used as they are, not re-tokenised
+    ids = datasets.Dataset.from_dict({"text": ["x", "y"], "token_ids": [[50, 60, 70] * 10, [80, 90] * 10]})
+    contexts, _, _ = pack_contexts(tiny_model, ids, 8, 40)
+    assert contexts[0].tolist() == [0, 50, 60, 70, 50, 60, 70, 50]
+    assert contexts[4].tolist() == [0, 60, 70, 0, 80, 90, 80, 90]  # documents joined by the start token
+    with pytest.raises(ValueError, match="special tokens only"):
+        pack_contexts(tiny_model, datasets.Dataset.from_dict({"token_ids": [[1, 2, 3]]}), 8, 40)
