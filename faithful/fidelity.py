@@ -338,14 +338,17 @@ def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *
     return accs
 
 
-def reconstruction_metrics(model, sae, dataset, *, n_tokens: int, context_size: int, batch_size: int = 8,
+def reconstruction_metrics(model, sae, dataset, *, n_tokens: int | None = None, context_size: int | None = None,
+                           batch_size: int = 8,
                            seed: int = 0, autocast: bool | None = None, progress: bool = True,
                            sae_label: str = "", dataset_label: str = "") -> FidelityResult:
     """Clean CE, spliced CE, their difference, L2, explained variance and L0 (module docstring).
 
     ``sae``: a SAELens SAE or a checkpoint folder. ``dataset``: see :func:`eval_contexts`.
     ``autocast``: bf16 autocast for the language model (default: on CPU); the SAE runs in fp32.
+    ``n_tokens``/``context_size`` default to the profile's ``eval_tokens`` and SAE context.
     """
+    n_tokens, context_size = _budget(model, n_tokens, context_size)
     sae = _as_sae(sae)
     hook = check_sae(model, sae)
     tokens = eval_contexts(model, dataset, n_tokens=n_tokens, context_size=context_size, seed=seed)
@@ -356,8 +359,8 @@ def reconstruction_metrics(model, sae, dataset, *, n_tokens: int, context_size: 
                               else dataset)
 
 
-def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any], *, n_tokens: int,
-                    context_size: int, batch_size: int = 8, seed: int = 0, autocast: bool | None = None,
+def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any], *, n_tokens: int | None = None,
+                    context_size: int | None = None, batch_size: int = 8, seed: int = 0, autocast: bool | None = None,
                     progress: bool = True, out_dir: str | Path | None = None) -> FidelityMatrix:
     """Every SAE (rows) on every evaluation set (columns), same budget and seed in every cell.
 
@@ -370,6 +373,7 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
 
     if not saes or not eval_sets:
         raise ValueError("fidelity_matrix needs at least one SAE and one evaluation set")
+    n_tokens, context_size = _budget(model, n_tokens, context_size)
     saes = {name: _as_sae(s) for name, s in saes.items()}
     hooks = {name: check_sae(model, s) for name, s in saes.items()}
     if len(set(hooks.values())) > 1:
@@ -395,6 +399,18 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
     if out_dir is not None:
         matrix.save(out_dir)
     return matrix
+
+
+def _budget(model, n_tokens, context_size) -> tuple[int, int]:
+    """The profile's ``eval_tokens`` and SAE context length where not given."""
+    if n_tokens is None or context_size is None:
+        from .models import sae_preset
+        from .profiles import get_profile
+
+        prof = get_profile()
+        n_tokens = prof.eval_tokens if n_tokens is None else n_tokens
+        context_size = sae_preset(model, prof).context_size if context_size is None else context_size
+    return int(n_tokens), int(context_size)
 
 
 def _load_column(out_dir, col: str, settings: dict, rows: list[str]) -> dict[str, FidelityResult] | None:

@@ -241,3 +241,10 @@ def test_bad_inputs(tiny_model):
                                         progress=False)
     with pytest.raises(TypeError, match="SAELens SAE"):
         run(tiny_model, object())
+
+
+def test_budget_defaults_to_the_profile(tiny_model):
+    prof = faithful.get_profile()
+    n, ctx = fidelity._budget(tiny_model, None, None)
+    assert n == prof.eval_tokens and ctx == faithful.sae_preset(tiny_model, prof).context_size
+    assert fidelity._budget(tiny_model, 10, 16) == (10, 16)
