@@ -178,6 +178,10 @@ def _local_file(name: str, split: str | None, spec: CorpusSpec | None) -> Path |
 def _from_path(path: Path):
     import datasets
 
+    if path.is_dir() and (path / "faithful_meta.json").is_file():
+        from .generate import load_faithful_dataset  # a Faithful dataset: every finished shard
+
+        return load_faithful_dataset(path)
     if path.is_dir():
         if not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
             raise ValueError(f"{path} is a folder but not a saved Hugging Face dataset "

@@ -61,17 +61,21 @@ def test_alpaca_template_known_answer(data_dir):
     assert "paired with an input" in ds["text"][1]
 
 
-def test_paths_parquet_and_saved_dataset_and_faithful_folder(tmp_path):
+def test_faithful_by_name_and_by_path(tiny_model, home):
+    profile = faithful.get_profile("smoke").replace(faithful_tokens=48, max_length=12, gen_batch_size=4)
+    ds = faithful.load_corpus("faithful", model=tiny_model, profile=profile)
+    assert {"text", "token_ids", "tokens"} <= set(ds.column_names) and sum(map(len, ds["token_ids"])) >= 48
+    folder = faithful.faithful_dataset_for(tiny_model, profile)
+    assert faithful.load_corpus(folder)["token_ids"] == ds["token_ids"]
+    assert corpora.corpus_kind("faithful") == "faithful"
+
+
+def test_paths_parquet_and_saved_dataset(tmp_path):
     ds = datasets.Dataset.from_dict({"text": ["x y", "z"], "label": [0, 1]})
     ds.to_parquet(str(tmp_path / "d.parquet"))
     assert faithful.load_corpus(tmp_path / "d.parquet")["text"] == ["x y", "z"]
     ds.save_to_disk(str(tmp_path / "saved"))
     assert faithful.load_corpus(str(tmp_path / "saved"))["label"] == [0, 1]
-    fa = datasets.Dataset.from_dict({"text": ["hi"], "token_ids": [[1, 2]], "tokens": [["h", "i"]]})
-    fa.save_to_disk(str(tmp_path / "faithful-x"))
-    (tmp_path / "faithful-x" / "faithful_meta.json").write_text("{}")
-    got = faithful.load_corpus(tmp_path / "faithful-x")
-    assert got["token_ids"] == [[1, 2]] and corpora.corpus_kind("faithful") == "faithful"
 
 
 def test_dataset_without_text_names_its_columns(tmp_path):
