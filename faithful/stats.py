@@ -168,10 +168,10 @@ def dataset_stats(model, dataset, *, name: str | None = None, max_docs: int | No
     p = p / p.sum()  # P: renormalised over the non-special tokens
     div = first_token_divergences(p[support], first[support], epsilon)
     q_all = first / first.sum()
-    tokens = model.tokenizer.convert_ids_to_tokens
+    decode = model.tokenizer.decode
 
     def top(order):
-        return [dict(id=int(i), token=tokens(int(i)), model_p=float(p[i]), data_freq=float(q_all[i]))
+        return [dict(id=int(i), token=decode([int(i)]), model_p=float(p[i]), data_freq=float(q_all[i]))
                 for i in order[:10]]
 
     return DatasetStats(

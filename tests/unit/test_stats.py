@@ -55,7 +55,7 @@ def test_counts_coverage_and_kl_on_a_hand_made_dataset(peaked):
     assert s.kl_data_model == pytest.approx(0.75 * math.log(1.5), abs=1e-6)
     assert s.js == pytest.approx(0.099228, abs=1e-5)
     assert [t["id"] for t in s.top_model[:3]] == [100, 101, 102]
-    assert s.top_data[0] == dict(id=100, token=peaked.tokenizer.convert_ids_to_tokens(100),
+    assert s.top_data[0] == dict(id=100, token=peaked.tokenizer.decode([100]),
                                  model_p=pytest.approx(0.5), data_freq=0.75)
     curve = np.array(s.rank_curves["data_first"])
     assert curve[:, 0].tolist() == [1, 2] and curve[:, 1].tolist() == [0.75, 0.25]
