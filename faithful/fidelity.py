@@ -124,15 +124,18 @@ class FidelityMatrix:
 
         titles = {"explained_variance": "Explained variance (↑)", "l2": "L2: mean ‖x − x̂‖² (↓)",
                   "ce_diff": "CE difference, nats (↓)", "l0": "L0", "ce_spliced": "CE spliced"}
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1, 0.55 * len(self.rows) + 2.5))
+        width = 0.8 * len(self.columns) + 2.2
+        fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics) + 1.5, 0.6 * len(self.rows) + 2.5),
+                                 layout="constrained")
         axes = [axes] if len(metrics) == 1 else list(axes)
         for ax, metric in zip(axes, metrics):
             v = self.values(metric)
             im = ax.imshow(v, cmap="viridis" if metric == "explained_variance" else "viridis_r", aspect="auto")
             for i in range(v.shape[0]):
                 for j in range(v.shape[1]):
-                    ax.text(j, i, _fmt(v[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if im.norm(v[i, j]) < 0.5 else "black")
+                    r, g, b, _ = im.cmap(im.norm(v[i, j]))
+                    ax.text(j, i, _fmt(v[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
             ax.set_xticks(range(len(self.columns)), self.columns, rotation=40, ha="right")
             ax.set_yticks(range(len(self.rows)), self.rows)
             ax.set_xlabel("evaluation dataset")
@@ -140,7 +143,6 @@ class FidelityMatrix:
             fig.colorbar(im, ax=ax, fraction=0.046)
         axes[0].set_ylabel("SAE training dataset")
         fig.suptitle(f"Reconstruction faithfulness – {self.model} ({self.settings.get('n_tokens')} tokens per cell)")
-        fig.tight_layout()
         return fig
 
     def save(self, directory: str | Path, name: str = "fidelity_matrix") -> Path:
@@ -157,6 +159,8 @@ class FidelityMatrix:
 
 def _fmt(x: float) -> str:
     a = abs(x)
+    if a >= 1000:
+        return f"{x:.2g}"
     return f"{x:.3g}" if a >= 100 or a < 0.01 else f"{x:.3f}"
 
 
