@@ -119,20 +119,20 @@ class SFRResult:
         ax.legend(fontsize=8)
         return ax
 
-    def save(self, directory: str | Path, plot: bool = True) -> Path:
-        """Write ``<name>.json`` (and ``<name>.png``, the histogram) into ``directory``."""
-        return save_result(self, directory, plot)
+    def save(self, directory: str | Path, plot: bool = True, chance: "SFRResult | None" = None) -> Path:
+        """Write ``<name>.json`` (and ``<name>.png``, the histogram, with ``chance`` overlaid) into ``directory``."""
+        return save_result(self, directory, plot, chance=chance)
 
 
 # ----------------------------------------------------------------------------- inputs
-def save_result(result, directory: str | Path, plot: bool = True) -> Path:
-    """``<name>.json`` from ``result.to_dict()`` and, with ``plot``, ``<name>.png`` from ``result.plot()``."""
+def save_result(result, directory: str | Path, plot: bool = True, **plot_kwargs) -> Path:
+    """``<name>.json`` from ``result.to_dict()`` and, with ``plot``, ``<name>.png`` from ``result.plot(**plot_kwargs)``."""
     directory = Path(directory)
     path = storage.write_json(directory / f"{result.name}.json", result.to_dict())
     if plot:
         import matplotlib.pyplot as plt
 
-        ax = result.plot()
+        ax = result.plot(**plot_kwargs)
         storage.save_figure(ax.figure, directory / f"{result.name}.png")
         plt.close(ax.figure)
     return path

@@ -131,7 +131,7 @@ def test_zero_rows_match_nothing():
 def test_result_and_table_save(tmp_path):
     a = _rand(60, 64, 0)
     res = shared_feature_ratio(a, a + 0.01 * _rand(60, 64, 1), name="pair")
-    res.save(tmp_path)
+    res.save(tmp_path, chance=chance_sfr(60, 64))
     saved = json.loads((tmp_path / "pair.json").read_text())
     assert saved["ratio"] == 1.0 and len(saved["pairs"]) == 60
     assert (tmp_path / "pair.png").stat().st_size > 0
