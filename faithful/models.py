@@ -119,7 +119,7 @@ def sae_preset(model, profile=None) -> SAEPreset:
             layer=default_layer(model),
             d_sae=profile.d_sae or preset.d_sae,
             k=profile.k or preset.k,
-            lr=preset.lr,
+            lr=profile.lr or preset.lr,
             context_size=min(profile.context_size or preset.context_size, model.cfg.n_ctx),
         )
     return preset

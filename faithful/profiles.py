@@ -31,6 +31,8 @@ class Profile:
     """SAE width for the embedded model (None: the model's Table 5 preset)."""
     k: int | None = 32
     """TopK sparsity for the embedded model (None: the preset)."""
+    lr: float | None = None
+    """SAE learning rate (None: the model's preset). Smoke runs take ~40 steps and need a larger one."""
     context_size: int | None = 128
     """Tokens per training/evaluation context (None: the preset)."""
     train_batch_size: int = 1024
@@ -58,11 +60,12 @@ PROFILES: dict[str, Profile] = {
         faithful_tokens=2_048,
         max_length=64,
         gen_batch_size=32,
-        train_tokens=20_480,
+        train_tokens=8_192,
         d_sae=256,
         k=8,
+        lr=3e-3,
         context_size=64,
-        train_batch_size=512,
+        train_batch_size=256,
         eval_tokens=2_048,
         fake_tokens=4_096,
         probe_n_train=200,
