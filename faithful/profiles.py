@@ -19,13 +19,13 @@ class Profile:
     """Profile name: smoke, cpu or paper."""
     model: str = "smollm2-135m"
     """Model every notebook loads (a name accepted by ``faithful.load_model``)."""
-    faithful_tokens: int = 100_000
+    faithful_tokens: int = 60_000
     """Tokens of Faithful text to sample from the start token."""
     max_length: int = 256
     """Maximum tokens per sampled document (start token excluded)."""
     gen_batch_size: int = 64
     """Sequences sampled in parallel."""
-    train_tokens: int = 500_000
+    train_tokens: int = 200_000
     """Activation tokens each SAE is trained on."""
     d_sae: int | None = 4608
     """SAE width for the embedded model (None: the model's Table 5 preset)."""
