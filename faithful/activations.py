@@ -6,13 +6,17 @@ the feature browser) goes through these functions, so the rules live in one plac
 * each context starts with the model's start token (``faithful.start_token_id``);
 * the forward pass stops right after the hook's layer (``stop_at_layer``) unless logits are needed;
 * position 0, special tokens and padding are masked out by ``faithful.content_mask``;
+* evaluation contexts are packed the same way for every metric (:func:`eval_contexts`);
 * on CPU the language model runs under bf16 autocast by default (≈4.5× faster matmuls here);
   pass ``autocast=False`` for exact fp32.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import re
+import warnings
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -103,3 +107,74 @@ def random_token_contexts(model, n_contexts: int, context_size: int, seed: int) 
     idx = torch.randint(0, len(vocab), (n_contexts, context_size - 1), generator=gen)
     start = torch.full((n_contexts, 1), start_token_id(model), dtype=torch.long)
     return torch.cat([start, vocab[idx]], dim=1)
+
+
+def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int,
+                  progress: bool = False) -> torch.Tensor:
+    """``[n_contexts, context_size]`` packed contexts holding ``n_tokens`` tokens after the start token.
+
+    ``dataset``: a ``datasets.Dataset`` (``token_ids`` used when present, else ``text``), a list
+    of texts, or a name/path for :func:`faithful.load_corpus` (a Faithful dataset folder, a
+    shared-data file name …). Documents are taken in a ``seed``-ed order, each truncated to
+    ``context_size − 1`` tokens, separated by the start token, packed and cut into rows of
+    ``context_size − 1``; each row starts with the start token. A dataset too small for the
+    budget gives fewer rows, with a warning.
+    """
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+    if not 2 <= context_size <= model.cfg.n_ctx:
+        raise ValueError(f"context_size must be in 2..{model.cfg.n_ctx} (the model's context), got {context_size}")
+    body = context_size - 1
+    n_rows = math.ceil(n_tokens / body)
+    need = n_rows * body
+    start = start_token_id(model)
+    special = set(special_token_ids(model))
+    docs, use_ids = _documents(dataset)
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(int(seed))).tolist()
+    stream: list[int] = []
+    tok = model.tokenizer
+    for i in order:
+        if len(stream) >= need:
+            break
+        if use_ids:
+            ids = [int(t) for t in docs[i]]
+            while ids and ids[0] in special:  # a stored leading start token
+                ids = ids[1:]
+        else:
+            ids = tok(docs[i], add_special_tokens=False)["input_ids"]
+        ids = ids[:body]
+        if not ids:
+            continue
+        if stream:
+            stream.append(start)
+        stream.extend(ids)
+    n_full = min(n_rows, len(stream) // body)
+    if n_full == 0:
+        raise ValueError(f"the evaluation set has only {len(stream)} tokens, fewer than one context "
+                         f"({body}); pass more documents or a smaller context_size")
+    if n_full < n_rows:
+        warnings.warn(f"the evaluation set holds {n_full * body} tokens, fewer than the {n_tokens} asked for; "
+                      "using them all", stacklevel=2)
+    rows = torch.tensor(stream[: n_full * body], dtype=torch.long).view(n_full, body)
+    return torch.cat([torch.full((n_full, 1), start, dtype=torch.long), rows], dim=1)
+
+
+def _documents(dataset) -> tuple[Sequence, bool]:
+    """(documents, are_token_ids) from a Dataset, a list of texts or a corpus name/path."""
+    if isinstance(dataset, (str, Path)):
+        from .corpora import load_corpus
+
+        dataset = load_corpus(dataset)
+    if isinstance(dataset, (list, tuple)):
+        if not all(isinstance(t, str) for t in dataset):
+            raise TypeError("a list dataset must hold texts (str)")
+        return list(dataset), False
+    cols = getattr(dataset, "column_names", None)
+    if cols is None:
+        raise TypeError(f"dataset must be a datasets.Dataset, a list of texts or a corpus name/path, "
+                        f"not {type(dataset).__name__}")
+    if "token_ids" in cols:
+        return dataset["token_ids"], True
+    if "text" in cols:
+        return dataset["text"], False
+    raise ValueError(f"the dataset has neither a 'token_ids' nor a 'text' column (columns: {cols})")

@@ -194,7 +194,7 @@ def firing_frequencies(model, sae, tokens: torch.Tensor, *, unit: str = "sequenc
                        hook: str | None = None, batch_size: int = 16, progress: bool = False) -> np.ndarray:
     """Per-latent firing frequency of ``sae`` on any token contexts (e.g. the model's own text).
 
-    ``tokens`` ``[n, pos]`` start with the start token (``faithful.fidelity.eval_contexts`` or
+    ``tokens`` ``[n, pos]`` start with the start token (``faithful.activations.eval_contexts`` or
     ``faithful.activations.tokenize_texts`` build them). For a fair comparison with
     :func:`fake_feature_ratio` in the sequence unit use the same context length.
     """
