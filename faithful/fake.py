@@ -184,9 +184,10 @@ def firing_counts(model, saes: Sequence, tokens: torch.Tensor, *, attention_mask
         n_seq += int(has.sum())
         n_tok += int(mask.sum())
         for i, s in enumerate(saes):
-            fired = (s.encode(acts.to(s.dtype)) > 0) & mask.unsqueeze(-1)
-            tok_counts[i] += fired.sum(dim=(0, 1), dtype=torch.float64)
-            seq_counts[i] += fired.any(dim=1).sum(dim=0, dtype=torch.float64)
+            dev = s.W_dec.device  # the SAE may sit on another device than the model
+            fired = (s.encode(acts.to(dev, s.dtype)) > 0) & mask.to(dev).unsqueeze(-1)
+            tok_counts[i] += fired.sum(dim=(0, 1), dtype=torch.float64).cpu()
+            seq_counts[i] += fired.any(dim=1).sum(dim=0, dtype=torch.float64).cpu()
     return torch.stack(seq_counts).numpy(), torch.stack(tok_counts).numpy(), n_seq, n_tok
 
 

@@ -76,6 +76,17 @@ class TrainSettings:
     """Profile the settings came from."""
 
 
+def dataset_label(dataset: str | Path) -> str:
+    """Folder name of a dataset given by name or path: a file loses only its data suffix
+    (``.jsonl.gz`` …), a folder keeps its whole name (``…-t1.5-p0.9-…`` stays distinct)."""
+    path = Path(dataset)
+    if not path.exists():
+        return str(dataset)
+    from .corpora import _stem
+
+    return path.name if path.is_dir() else _stem(path)
+
+
 def run_dir(model, dataset_name: str, hook: str, seed: int, profile=None) -> Path:
     """``runs/<model>/<dataset>/<hook>/<profile>/seed<N>`` for a loaded model or a model name."""
     from .profiles import get_profile
@@ -136,8 +147,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     n_tokens, batch_size = n_tokens or profile.train_tokens, batch_size or profile.train_batch_size
     _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds)
     if isinstance(dataset, (str, Path)):
-        dataset_name = dataset_name or (Path(dataset).name.split(".")[0] if Path(dataset).exists()
-                                        else str(dataset))
+        dataset_name = dataset_name or dataset_label(dataset)
         dataset = load_corpus(dataset, model=model, profile=profile)
     contexts, epochs, fingerprint = pack_contexts(model, dataset, ctx, n_tokens)
     dataset_name = dataset_name or f"dataset-{fingerprint[:8]}"

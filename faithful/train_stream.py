@@ -177,8 +177,9 @@ def load_trainer_state(trainer, path: Path) -> None:
     trainer.lr_scheduler.load_state_dict(sched)
     for k, s in trainer.coefficient_schedulers.items():
         s.load_state_dict(meta["coefficient_schedulers"][k])
-    trainer.act_freq_scores = tensors["act_freq_scores"]
-    trainer.n_forward_passes_since_fired = tensors["n_forward_passes_since_fired"]
+    device = trainer.sae.W_dec.device  # safetensors loads to the CPU; SAELens indexes these on the SAE's device
+    trainer.act_freq_scores = tensors["act_freq_scores"].to(device)
+    trainer.n_forward_passes_since_fired = tensors["n_forward_passes_since_fired"].to(device)
     for key in ("n_training_samples", "n_training_steps", "n_frac_active_samples", "started_fine_tuning"):
         setattr(trainer, key, meta[key])
     trainer.activation_scaler.scaling_factor = meta["scaling_factor"]

@@ -60,7 +60,7 @@ def feature_examples(model, sae, texts: Sequence[str], *, context_size: int = 64
     n_content = 0
     for acts, mask, rows in iter_activations(model, tokens, hook, attention_mask=attn,
                                              batch_size=batch_size, progress=progress):
-        lat = sae.encode(acts.to(sae.W_dec.dtype)).float() * mask[..., None]
+        lat = sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype)).float().cpu() * mask.cpu()[..., None]
         fires += (lat > 0).sum(dim=(0, 1)).float()
         n_content += int(mask.sum())
         per_ctx = lat.amax(dim=1).T                                   # [d_sae, b]
@@ -75,7 +75,7 @@ def feature_examples(model, sae, texts: Sequence[str], *, context_size: int = 64
 @torch.no_grad()
 def top_logits(model, sae, latent: int, k: int = 8) -> list[tuple[str, float]]:
     """Tokens whose logits the latent's decoder direction raises most (direct path through W_U)."""
-    logits = sae.W_dec[latent].float() @ model.W_U.float()
+    logits = sae.W_dec[latent].float().to(model.W_U.device) @ model.W_U.float()
     top = logits.topk(k)
     return [(model.tokenizer.decode([i]), float(v)) for v, i in zip(top.values, top.indices)]
 
@@ -85,7 +85,8 @@ def token_activations(model, sae, tokens: torch.Tensor, latent: int, hook: str |
     """The latent's activation at every position of one context (0 outside the content mask)."""
     hook = hook or sae_hook(sae)
     acts, mask, _ = next(iter_activations(model, tokens[None], hook))
-    return (sae.encode(acts.to(sae.W_dec.dtype))[0, :, latent].float() * mask[0])
+    lat = sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype))[0, :, latent].float().cpu()
+    return lat * mask[0].cpu()
 
 
 def feature_html(model, sae, examples: FeatureExamples, latent: int, *, title: str = "",
