@@ -16,7 +16,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass

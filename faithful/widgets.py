@@ -17,7 +17,6 @@ from typing import Sequence
 import torch
 
 from .activations import iter_activations, tokenize_texts
-from .models import hook_name as _hook_name  # noqa: F401  (re-exported for notebooks)
 
 
 @dataclass
