@@ -18,3 +18,4 @@ from .probing import INPUTS, TASKS, ProbeResult, ProbeTable, ProbeTask, load_tas
 from .fake import FFRResult, FFRTable, fake_feature_ratio, ffr_table, firing_counts, firing_frequencies
 from .generate import faithful_dataset_for, generate_faithful_dataset, load_faithful_dataset
 from .stats import DatasetStats, dataset_stats, stats_table
+from .widgets import FeatureBrowser, feature_examples

@@ -27,7 +27,6 @@ Definitions (every percentage is over the model's vocabulary of ``V = d_vocab`` 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
