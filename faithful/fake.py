@@ -27,7 +27,6 @@ Position 0 (the attention sink) and special tokens are left out through
 from __future__ import annotations
 
 import math
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,9 @@ import numpy as np
 import torch
 
 from .activations import iter_activations, random_token_contexts
-from .matching import load_sae_any, save_result
+from .matching import save_result
 from .models import model_name
+from .saes import load_sae, sae_hook
 
 UNITS = ("sequence", "token")
 DEFAULT_THRESHOLD = 0.1
@@ -134,21 +134,6 @@ class FFRResult:
 
 
 # ----------------------------------------------------------------------------- counting
-def sae_hook(model, sae, hook: str | None = None) -> str:
-    """The hook an SAE reads (``sae.cfg.metadata.hook_name`` unless ``hook`` is given), checked on ``model``."""
-    meta = getattr(sae.cfg, "metadata", None)
-    hook = hook or (getattr(meta, "hook_name", None) if meta is not None else None)
-    if not hook:
-        raise ValueError("the SAE's cfg.metadata has no hook_name; pass hook='blocks.N.hook_resid_post'")
-    if hook not in model.hook_dict:
-        raise ValueError(f"hook {hook!r} does not exist in {model_name(model)} "
-                         f"({model.cfg.n_layers} layers); was this SAE trained on another model?")
-    trained_on = getattr(meta, "model_name", None) if meta is not None else None
-    if trained_on and trained_on != model_name(model):
-        warnings.warn(f"SAE trained on {trained_on!r} is applied to {model_name(model)!r}", stacklevel=3)
-    return hook
-
-
 def _check_unit(unit: str) -> str:
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
@@ -163,7 +148,7 @@ def firing_counts(model, saes: Sequence, tokens: torch.Tensor, *, attention_mask
     Returns ``(sequence_counts [n_saes, d_sae], token_counts [n_saes, d_sae], n_sequences,
     n_tokens)``: sequences with at least one content position count once.
     """
-    saes = [load_sae_any(s) for s in saes]
+    saes = [load_sae(s) for s in saes]
     if not saes:
         raise ValueError("no SAE given")
     hooks = {sae_hook(model, s, hook) for s in saes}
@@ -338,7 +323,7 @@ def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int | None 
         if len(saes) == 0:
             raise ValueError(f"{ds!r} has no SAE")
         for j, s in enumerate(saes):
-            s = load_sae_any(s)
+            s = load_sae(s)
             by_hook[sae_hook(model, s)].append((ds, j, s))
     results: dict[Hashable, dict[int, FFRResult]] = defaultdict(dict)
     for hook, items in by_hook.items():

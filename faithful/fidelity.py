@@ -39,6 +39,7 @@ import torch
 from . import storage
 from .activations import autocast_context, eval_contexts  # noqa: F401 (eval_contexts: public here too)
 from .models import content_mask, model_name, special_token_ids
+from .saes import load_sae, sae_hook
 
 METRICS = ("explained_variance", "l2", "ce_diff")
 """The three App. B heatmaps, in drawing order."""
@@ -190,13 +191,8 @@ class _Acc:
 
 
 def check_sae(model, sae, hook: str | None = None) -> str:
-    """The SAE's hook, after checking it exists in ``model`` and the SAE can be used as is."""
-    hook = hook or getattr(sae.cfg.metadata, "hook_name", None)
-    if not hook:
-        raise ValueError("the SAE has no hook: set sae.cfg.metadata.hook_name (e.g. 'blocks.22.hook_resid_post')")
-    if hook not in model.hook_dict:
-        raise ValueError(f"the SAE's hook {hook!r} is not a hook of {model_name(model)} "
-                         f"({model.cfg.n_layers} layers): was it trained on another model?")
+    """The SAE's hook (:func:`faithful.saes.sae_hook`), after checking the SAE can be used as is."""
+    hook = sae_hook(model, sae, hook)
     norm = sae.cfg.normalize_activations
     if norm in ("expected_average_only_in", "covariance_whitening"):
         raise ValueError(f"the SAE expects {norm!r}-normalised inputs: fold the normalisation into its weights "
@@ -279,7 +275,7 @@ def reconstruction_metrics(model, sae, dataset, *, n_tokens: int | None = None, 
     ``n_tokens``/``context_size`` default to the profile's ``eval_tokens`` and SAE context.
     """
     n_tokens, context_size = _budget(model, n_tokens, context_size)
-    sae = _as_sae(sae)
+    sae = load_sae(sae)
     hook = check_sae(model, sae)
     tokens = eval_contexts(model, dataset, n_tokens=n_tokens, context_size=context_size, seed=seed)
     accs = _evaluate(model, {"sae": sae}, tokens, hook, batch_size=batch_size, autocast=autocast,
@@ -304,7 +300,7 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
     if not saes or not eval_sets:
         raise ValueError("fidelity_matrix needs at least one SAE and one evaluation set")
     n_tokens, context_size = _budget(model, n_tokens, context_size)
-    saes = {name: _as_sae(s) for name, s in saes.items()}
+    saes = {name: load_sae(s) for name, s in saes.items()}
     hooks = {name: check_sae(model, s) for name, s in saes.items()}
     if len(set(hooks.values())) > 1:
         raise ValueError(f"all SAEs of a matrix must read the same hook, got {hooks}")
@@ -367,14 +363,3 @@ def _fingerprint(sae) -> str:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _as_sae(sae):
-    """An SAE object from an SAE or a checkpoint folder."""
-    if isinstance(sae, (str, Path)):
-        from .train import load_sae
-
-        return load_sae(sae)
-    if not hasattr(sae, "encode") or not hasattr(sae, "cfg"):
-        raise TypeError(f"expected a SAELens SAE or a checkpoint folder, got {type(sae).__name__}")
-    return sae

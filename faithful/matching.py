@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import storage
+from .saes import load_sae
 
 
 @dataclass
@@ -138,25 +139,6 @@ def save_result(result, directory: str | Path, plot: bool = True, **plot_kwargs)
     return path
 
 
-def load_sae_any(obj, device: str = "cpu"):
-    """A SAELens SAE from an SAE (returned as is) or a checkpoint folder."""
-    if isinstance(obj, (str, Path)):
-        path = Path(obj).expanduser()
-        if not (path / "cfg.json").is_file():
-            raise FileNotFoundError(f"{path} is not a SAELens checkpoint folder (no cfg.json); "
-                                    "pass a folder written by faithful.train_saes or SAE.save_model")
-        try:
-            from .train import load_sae
-        except ImportError:  # train.py not available: plain SAELens loading
-            from sae_lens import SAE
-
-            return SAE.load_from_disk(str(path), device=device)
-        return load_sae(path, device=device)
-    if hasattr(obj, "W_dec") and hasattr(obj, "cfg"):
-        return obj
-    raise TypeError(f"expected a SAELens SAE or a checkpoint folder, got {type(obj).__name__}")
-
-
 def decoder_matrix(obj) -> torch.Tensor:
     """``[d_sae, d_in]`` float32 decoder directions from an SAE, a checkpoint folder or a matrix."""
     if isinstance(obj, np.ndarray):
@@ -164,7 +146,7 @@ def decoder_matrix(obj) -> torch.Tensor:
     elif isinstance(obj, torch.Tensor):
         w = obj
     else:
-        w = load_sae_any(obj).W_dec
+        w = load_sae(obj).W_dec
     w = w.detach().to("cpu", torch.float32)
     if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
         raise ValueError(f"a decoder matrix must be 2-D [d_sae, d_in] and non-empty, got shape {tuple(w.shape)}")

@@ -35,6 +35,7 @@ import torch
 from . import storage
 from .activations import iter_activations, tokenize_texts
 from .models import model_name
+from .saes import load_sae
 from .tasks import TASKS, ProbeTask, load_task  # noqa: F401 (public here too)
 
 INPUTS = ("baseline", "sae", "reconstruction")
@@ -300,7 +301,7 @@ def probe(model, sae, task: str, *, n_train: int | None = None, n_test: int | No
     ``sae``: a SAELens SAE or checkpoint folder; its hook (``cfg.metadata.hook_name``) is where the
     activations are read. ``n_train``/``n_test`` default to the profile's ``probe_n_train``/``probe_n_test``.
     """
-    from .fidelity import _as_sae, check_sae
+    from .fidelity import check_sae
     from .profiles import get_profile
 
     if task not in TASKS:
@@ -309,7 +310,7 @@ def probe(model, sae, task: str, *, n_train: int | None = None, n_test: int | No
     n_train = n_train if n_train is not None else prof.probe_n_train
     n_test = n_test if n_test is not None else prof.probe_n_test
     run = str(sae) if isinstance(sae, (str, Path)) else ""
-    sae = _as_sae(sae)
+    sae = load_sae(sae)
     hook = check_sae(model, sae)
     data = task_activations(model, hook, task, n_train=n_train, n_test=n_test, seed=seed,
                             context_size=context_size, batch_size=batch_size, autocast=autocast, progress=progress)
@@ -349,7 +350,7 @@ def probe_table(model, saes: Mapping[str, Sequence[Any]], tasks: Sequence[str] =
     """
     from tqdm.auto import tqdm
 
-    from .fidelity import _as_sae, check_sae
+    from .fidelity import check_sae
     from .profiles import get_profile
 
     bad = [t for t in tasks if t not in TASKS]
@@ -358,7 +359,7 @@ def probe_table(model, saes: Mapping[str, Sequence[Any]], tasks: Sequence[str] =
     prof = get_profile()
     n_train = n_train if n_train is not None else prof.probe_n_train
     n_test = n_test if n_test is not None else prof.probe_n_test
-    loaded = {name: [(str(s) if isinstance(s, (str, Path)) else f"#{i}", _as_sae(s)) for i, s in enumerate(runs)]
+    loaded = {name: [(str(s) if isinstance(s, (str, Path)) else f"#{i}", load_sae(s)) for i, s in enumerate(runs)]
               for name, runs in saes.items()}
     hooks = {check_sae(model, s) for runs in loaded.values() for _, s in runs}
     if len(hooks) != 1:

@@ -25,6 +25,7 @@ import torch
 
 from . import storage
 from .models import hook_name, model_name, sae_preset
+from .saes import load_sae  # noqa: F401 (public here too)
 from .train_stream import (ActivationStream, load_trainer_state, pack_contexts,
                            save_trainer_state)
 
@@ -107,19 +108,6 @@ def list_runs(model=None, dataset_name: str | None = None, profile=None) -> list
                 and (prof is None or s["profile"] == prof)):
             out.append({**meta, "path": str(meta_path.parent)})
     return out
-
-
-def load_sae(path_or_sae, device: str = "cpu"):
-    """An SAE from a checkpoint folder (SAELens format), or the SAE itself when given one."""
-    from sae_lens import SAE
-
-    if isinstance(path_or_sae, torch.nn.Module) and hasattr(path_or_sae, "W_dec"):
-        return path_or_sae.to(device)
-    path = Path(path_or_sae) if isinstance(path_or_sae, (str, Path)) else None
-    if path is None or not (path / "cfg.json").is_file():
-        raise ValueError(f"{path_or_sae!r} is neither an SAE nor a checkpoint folder with cfg.json "
-                         "and sae_weights.safetensors: pass a path returned by faithful.train_saes")
-    return SAE.load_from_disk(str(path), device=device)
 
 
 def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None, lr=None,

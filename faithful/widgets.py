@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from .activations import iter_activations, tokenize_texts
+from .saes import sae_hook
 
 
 @dataclass
@@ -35,19 +36,11 @@ class FeatureExamples:
     """[d_sae] fraction of content tokens on which the latent fires (> 0)."""
 
 
-def sae_hook(sae) -> str:
-    hook = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
-    if not hook:
-        raise ValueError("the SAE carries no hook name (sae.cfg.metadata.hook_name); "
-                         "load it with faithful.load_sae or set the metadata")
-    return hook
-
-
 @torch.no_grad()
 def feature_examples(model, sae, texts: Sequence[str], *, context_size: int = 64, n_top: int = 5,
                      batch_size: int = 16, hook: str | None = None, progress: bool = True) -> FeatureExamples:
     """Run ``texts`` through the model and the SAE; keep each latent's ``n_top`` best contexts."""
-    hook = hook or sae_hook(sae)
+    hook = sae_hook(model, sae, hook)
     if sae.cfg.d_in != model.cfg.d_model:
         raise ValueError(f"SAE width d_in={sae.cfg.d_in} does not match the model's d_model="
                          f"{model.cfg.d_model}: was it trained on another model?")
@@ -82,7 +75,7 @@ def top_logits(model, sae, latent: int, k: int = 8) -> list[tuple[str, float]]:
 @torch.no_grad()
 def token_activations(model, sae, tokens: torch.Tensor, latent: int, hook: str | None = None) -> torch.Tensor:
     """The latent's activation at every position of one context (0 outside the content mask)."""
-    hook = hook or sae_hook(sae)
+    hook = sae_hook(model, sae, hook)
     acts, mask, _ = next(iter_activations(model, tokens[None], hook))
     lat = sae.encode(acts.to(sae.W_dec.device, sae.W_dec.dtype))[0, :, latent].float().cpu()
     return lat * mask[0].cpu()
