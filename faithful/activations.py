@@ -8,7 +8,12 @@ the feature browser) goes through these functions, so the rules live in one plac
 * position 0, special tokens and padding are masked out by ``faithful.content_mask``;
 * evaluation contexts are packed the same way for every metric (:func:`eval_contexts`);
 * on CPU the language model runs under bf16 autocast by default (≈4.5× faster matmuls here);
-  pass ``autocast=False`` for exact fp32.
+  pass ``autocast=False`` for exact fp32;
+* ``compile=True`` runs the forward pass to a residual-stream hook through ``torch.compile``
+  (:func:`compiled_forward`): on this CPU ≈3× the eager speed, because the fp32 elementwise
+  work around the bf16 matmuls (RMSNorm, rotary, reshapes) is fused and the weights are
+  prepacked. It compiles once per model, hook and batch shape (≈1.5 min for SmolLM2 on 2
+  cores; PyTorch caches compiled code on disk, so a later process compiles faster).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import contextlib
 import math
 import re
 import warnings
+import weakref
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -62,25 +68,76 @@ def layer_of(hook: str) -> int:
     return int(m.group(1))
 
 
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model, hook: str):
+    """``tokens ↦ activations at hook`` through ``torch.compile``, cached per model and hook.
+
+    Only residual-stream hooks (``blocks.L.hook_resid_pre`` / ``hook_resid_post``) are
+    supported: the function is ``model(tokens, stop_at_layer=…)``, which returns the residual
+    stream where it stops, with no hooks at all. Compiled with inductor's *freezing*, so the
+    model's weights are read once: a model whose weights are then changed needs a new object.
+    """
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook)
+    if not m:
+        raise ValueError(f"compile=True supports residual-stream hooks (blocks.L.hook_resid_pre/post), "
+                         f"not {hook!r}: pass compile=False")
+    stop = int(m.group(1)) + (m.group(2) == "post")
+    per_model = _COMPILED.setdefault(model, {})
+    if stop not in per_model:
+        def forward(tokens):
+            return model(tokens, stop_at_layer=stop)
+        # freezing: weights become constants, prepacked for the CPU's bf16 matmul kernels
+        # (+15% here). The model's weights must not change afterwards: they are baked in.
+        per_model[stop] = torch.compile(forward, dynamic=False, options={"freezing": True})
+    return per_model[stop]
+
+
+def _run_compiled(fn, toks: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Call ``fn`` on ``toks`` padded to ``batch_size`` rows (one static shape, one compilation)."""
+    n = toks.shape[0]
+    if n < batch_size:
+        toks = torch.cat([toks, toks[-1:].expand(batch_size - n, -1)])
+    try:
+        return fn(toks)[:n]
+    except Exception as err:  # inductor needs a C++ compiler on CPU (Triton on GPU)
+        if "torch._dynamo" not in type(err).__module__ and "torch._inductor" not in type(err).__module__:
+            raise
+        raise RuntimeError(f"torch.compile could not compile the language model ({type(err).__name__}): "
+                           "install a C/C++ compiler (e.g. gcc) or run without compiling (compile=False; "
+                           "for training, compile_lm=False in the profile)") from err
+
+
 @torch.no_grad()
 def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: torch.Tensor | None = None,
                      batch_size: int = 16, autocast: bool | None = None, progress: bool = False,
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
-    """Yield ``(activations [b, pos, d_in] float32, content mask [b, pos], row slice)`` per batch."""
+                     compile: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
+    """Yield ``(activations [b, pos, d_in] float32, content mask [b, pos], row slice)`` per batch.
+
+    ``compile=True`` uses :func:`compiled_forward` (residual-stream hooks, no attention mask).
+    """
     from tqdm.auto import tqdm
 
     special = special_token_ids(model)
     stop = layer_of(hook) + 1
     device = model.cfg.device
+    if compile and attention_mask is not None:
+        raise ValueError("compile=True runs unpadded contexts only: pass attention_mask=None or compile=False")
+    fn = compiled_forward(model, hook) if compile else None
     starts = range(0, tokens.shape[0], batch_size)
     for s in tqdm(starts, desc=f"activations {hook}", disable=not progress, leave=False):
         rows = slice(s, min(s + batch_size, tokens.shape[0]))
         toks = tokens[rows].to(device)
         attn = attention_mask[rows].to(device) if attention_mask is not None else None
         with autocast_context(model, autocast):
-            _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=stop,
-                                            attention_mask=attn)
-        yield cache[hook].float(), content_mask(toks, special, attn), rows
+            if fn is not None:
+                acts = _run_compiled(fn, toks, batch_size)
+            else:
+                _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=stop,
+                                                attention_mask=attn)
+                acts = cache[hook]
+        yield acts.float(), content_mask(toks, special, attn), rows
 
 
 def collect_activations(model, tokens: torch.Tensor, hook: str, **kwargs) -> torch.Tensor:

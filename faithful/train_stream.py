@@ -5,7 +5,7 @@
   ``context_size - 1`` tokens, each piece prefixed with the start token. Rows with
   ``token_ids`` (a Faithful dataset) are used as generated, not re-tokenised.
 * :class:`ActivationStream` runs the language model once per block of contexts (to the hook's
-  layer only, bf16 autocast on CPU), keeps the content positions (``faithful.content_mask``:
+  layer only, bf16 autocast on CPU, through ``torch.compile`` when asked), keeps the content positions (``faithful.content_mask``:
   no position 0, no special token), shuffles the block with a generator seeded by
   ``(data_seed, block)`` and hands out batches that may straddle blocks. Its position is two
   integers, so a resumed run reads exactly the batches an uninterrupted one would, and no
@@ -26,6 +26,10 @@ from safetensors.torch import load_file, save_file
 
 from .activations import iter_activations
 from .models import content_mask, special_token_ids, start_token_id
+
+
+LM_BATCH = 32
+"""Contexts per language-model forward pass while streaming training activations."""
 
 
 def pack_contexts(model, dataset, context_size: int, n_tokens: int, *, chunk_docs: int = 256
@@ -78,8 +82,9 @@ class ActivationStream:
     """Shuffled content-position activations at ``hook``, batch by batch (see module docstring)."""
 
     def __init__(self, model, contexts: torch.Tensor, hook: str, *, block_contexts: int,
-                 lm_batch_size: int = 32, data_seed: int = 0, autocast: bool | None = None):
-        self.model, self.contexts, self.hook = model, contexts, hook
+                 lm_batch_size: int = LM_BATCH, data_seed: int = 0, autocast: bool | None = None,
+                 compile: bool = False):
+        self.model, self.contexts, self.hook, self.compile = model, contexts, hook, compile
         self.block_contexts, self.lm_batch_size = max(1, block_contexts), lm_batch_size
         self.data_seed, self.autocast = data_seed, autocast
         self.n_blocks = math.ceil(len(contexts) / self.block_contexts)
@@ -89,9 +94,12 @@ class ActivationStream:
         self.lm_tokens = 0
 
     @staticmethod
-    def block_size_for(batch_size: int, context_size: int, shuffle_batches: int = 8) -> int:
-        """Contexts per shuffle block: enough for ``shuffle_batches`` optimiser batches."""
-        return max(1, math.ceil(shuffle_batches * batch_size / (context_size - 1)))
+    def block_size_for(batch_size: int, context_size: int, shuffle_batches: int = 8,
+                       lm_batch_size: int = LM_BATCH) -> int:
+        """Contexts per shuffle block: enough for ``shuffle_batches`` optimiser batches, in whole
+        LM batches (a short last batch would cost a full one when compiled, and waste in eager)."""
+        n = math.ceil(shuffle_batches * batch_size / (context_size - 1))
+        return lm_batch_size * math.ceil(n / lm_batch_size)
 
     def state(self) -> dict:
         return {"block": self.block, "offset": self.offset}
@@ -106,7 +114,8 @@ class ActivationStream:
         rows = self.contexts[(block % self.n_blocks) * self.block_contexts:][: self.block_contexts]
         t0 = time.perf_counter()
         parts = [acts[mask] for acts, mask, _ in iter_activations(
-            self.model, rows, self.hook, batch_size=self.lm_batch_size, autocast=self.autocast)]
+            self.model, rows, self.hook, batch_size=self.lm_batch_size, autocast=self.autocast,
+            compile=self.compile)]
         self.lm_seconds += time.perf_counter() - t0
         self.lm_tokens += rows.numel()
         acts = torch.cat(parts)

@@ -30,3 +30,22 @@ def test_random_contexts_are_seeded_and_avoid_special_tokens(tiny_model):
     assert not torch.equal(a, A.random_token_contexts(tiny_model, 4, 16, seed=2))
     assert (a[:, 0] == 0).all()
     assert not torch.isin(a[:, 1:], torch.tensor(faithful.special_token_ids(tiny_model))).any()
+
+
+def test_compiled_forward_matches_eager_at_residual_hooks(tiny_model):
+    """torch.compile path: same activations as run_with_cache, a padded last batch, clear refusals."""
+    tokens = A.random_token_contexts(tiny_model, 5, 12, seed=3)
+    for hook in ("blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"):
+        eager = torch.cat([a for a, _, _ in A.iter_activations(tiny_model, tokens, hook, batch_size=4,
+                                                               autocast=False)])
+        got = [(a, m) for a, m, _ in A.iter_activations(tiny_model, tokens, hook, batch_size=4,
+                                                        autocast=False, compile=True)]
+        assert [a.shape[0] for a, _ in got] == [4, 1]  # the last batch is padded, then cut back
+        torch.testing.assert_close(torch.cat([a for a, _ in got]), eager, rtol=1e-4, atol=1e-4)
+    assert A.compiled_forward(tiny_model, "blocks.1.hook_resid_post") is \
+        A.compiled_forward(tiny_model, "blocks.1.hook_resid_post")  # compiled once per model and hook
+    with pytest.raises(ValueError, match="residual-stream hooks"):
+        A.compiled_forward(tiny_model, "blocks.1.hook_mlp_out")
+    with pytest.raises(ValueError, match="attention_mask"):
+        next(A.iter_activations(tiny_model, tokens, "blocks.1.hook_resid_post", compile=True,
+                                attention_mask=torch.ones_like(tokens)))
