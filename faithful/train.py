@@ -2,7 +2,8 @@
 
 ``train_saes(model, dataset, seeds=(42, 49))`` builds one SAELens ``TopKTrainingSAE`` per seed
 under ``torch.manual_seed(seed)`` (SAELens ignores its config's seed) and one SAELens
-``SAETrainer`` (Adam, AuxK loss against dead latents, activation-norm scaling) per SAE. A single
+``SAETrainer`` (Adam, AuxK loss against dead latents, activation-norm scaling) per SAE, whose
+step computes the same loss with a sparse decoder (:mod:`faithful.topk_step`). A single
 :class:`~faithful.train_stream.ActivationStream` runs the model once per batch and every seed's
 trainer steps on the same batch: the seed changes only the initialisation, as in the paper.
 
@@ -71,7 +72,10 @@ class TrainSettings:
     autocast_lm: bool = True
     """Run the language model under bf16 autocast (CPU)."""
     autocast_sae: bool = True
-    """Run the SAE's forward/backward under bf16 autocast (CPU: ≈4.5× the fp32 matmul speed)."""
+    """Run the SAE's encoder matmuls in bf16 (CPU: ≈4.5× the fp32 matmul speed)."""
+    compile_lm: bool = False
+    """Run the language model through ``torch.compile`` (see ``faithful.activations``); its bf16
+    rounding differs slightly from eager autocast, so it is part of what determines the weights."""
     profile: str = "cpu"
     """Profile the settings came from."""
 
@@ -143,7 +147,8 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
         d_in=model.cfg.d_model, d_sae=d_sae, k=k, lr=lr, n_tokens=n_tokens, context_size=ctx,
         batch_size=batch_size, architecture=architecture,
         dead_feature_window=min(1000, max(1, n_tokens // batch_size // 4)),
-        block_contexts=ActivationStream.block_size_for(batch_size, ctx), profile=profile.name)
+        block_contexts=ActivationStream.block_size_for(batch_size, ctx), profile=profile.name,
+        compile_lm=profile.compile_lm)
     dirs = {s: _seed_dir(out_dir, model, dataset_name, hook, s, profile) for s in seeds}
     todo = [s for s in seeds if not _finished(dirs[s], settings, overwrite)]
     if todo:
@@ -242,7 +247,8 @@ class _Run:
     def __init__(self, model, settings: TrainSettings, contexts, epochs, seeds, dirs, progress,
                  checkpoint_every):
         from sae_lens.config import SAETrainerConfig
-        from sae_lens.training.sae_trainer import SAETrainer
+
+        from .topk_step import TopKTrainer
 
         self.s, self.seeds, self.dirs, self.progress, self.epochs = settings, seeds, dirs, progress, epochs
         self.steps = max(1, settings.n_tokens // settings.batch_size)
@@ -250,7 +256,7 @@ class _Run:
         device = str(model.cfg.device or "cpu")
         self.stream = ActivationStream(model, contexts, settings.hook,
                                        block_contexts=settings.block_contexts,
-                                       autocast=settings.autocast_lm)
+                                       autocast=settings.autocast_lm, compile=settings.compile_lm)
         cfg = SAETrainerConfig(
             total_training_samples=self.steps * settings.batch_size,
             train_batch_size_samples=settings.batch_size, lr=settings.lr, lr_end=settings.lr,
@@ -260,7 +266,7 @@ class _Run:
         self.saes, self.trainers = {}, {}
         for seed in seeds:
             self.saes[seed] = make_sae(settings, seed, device)
-            self.trainers[seed] = SAETrainer(cfg=cfg, sae=self.saes[seed], data_provider=iter(()))
+            self.trainers[seed] = TopKTrainer(cfg=cfg, sae=self.saes[seed], data_provider=iter(()))
         self.curves: dict[int, list[dict]] = {s: [] for s in seeds}
         self.t_start = time.perf_counter()
 

@@ -1,0 +1,107 @@
+"""The sparse TopK training step against SAELens's own: same losses, gradients and counters."""
+import pytest
+import torch
+from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.sae import TrainStepInput
+from sae_lens.training.sae_trainer import SAETrainer
+
+from faithful.topk_step import TopKTrainer, topk_losses
+
+D_IN, D_SAE, K, BATCH = 16, 96, 4, 64
+
+
+def _sae(seed=0, **cfg):
+    torch.manual_seed(seed)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, **cfg))
+    with torch.no_grad():  # make every bias matter
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(std=0.1)
+    return sae
+
+
+def _dead(n):
+    mask = torch.zeros(D_SAE, dtype=torch.bool)
+    mask[torch.randperm(D_SAE, generator=torch.Generator().manual_seed(1))[:n]] = True
+    return mask
+
+
+def _grads(sae, loss):
+    sae.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+
+def _reference(sae, x, dead, autocast=False):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return sae.training_forward_pass(TrainStepInput(
+            sae_in=x, dead_neuron_mask=dead, coefficients={}, n_training_steps=0, is_logging_step=False))
+
+
+@pytest.mark.parametrize("n_dead", [0, 3, 60])  # none, fewer than d_in/2, more than d_in/2
+@pytest.mark.parametrize("cfg", [{}, {"rescale_acts_by_decoder_norm": False}, {"apply_b_dec_to_input": False}])
+def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg):
+    sae = _sae(**cfg)
+    x = torch.randn(BATCH, D_IN) * 2
+    dead = _dead(n_dead) if n_dead else None
+    ref = _reference(sae, x, dead)
+    g_ref = _grads(sae, ref.loss)
+    ours = topk_losses(sae, x, dead)
+    g_ours = _grads(sae, ours["loss"])
+    for key in ("mse_loss", "auxiliary_reconstruction_loss"):
+        assert ours[key].item() == pytest.approx(ref.losses[key].item(), rel=1e-5, abs=1e-6)
+    assert (ours["auxiliary_reconstruction_loss"].item() > 0) == bool(n_dead)
+    torch.testing.assert_close(ours["sae_out"], ref.sae_out, rtol=1e-5, atol=1e-5)
+    dense = torch.zeros(BATCH, D_SAE).scatter_(1, ours["indices"], ours["acts"].detach())
+    torch.testing.assert_close(dense, ref.feature_acts, rtol=1e-5, atol=1e-6)
+    for name in g_ref:
+        torch.testing.assert_close(g_ours[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_step_is_close_to_saelens_autocast():
+    sae = _sae()
+    x = torch.randn(BATCH, D_IN) * 2
+    ref = _reference(sae, x, _dead(10), autocast=True)
+    g_ref = _grads(sae, ref.loss)
+    ours = topk_losses(sae, x, _dead(10), bf16=True)
+    g_ours = _grads(sae, ours["loss"])
+    assert ours["loss"].item() == pytest.approx(ref.loss.item(), rel=2e-2)
+    for name in g_ref:
+        rel = (g_ours[name] - g_ref[name]).norm() / g_ref[name].norm()
+        assert rel < 0.1, name
+
+
+def _trainer(cls, sae):
+    cfg = SAETrainerConfig(total_training_samples=BATCH * 20, train_batch_size_samples=BATCH, lr=1e-3,
+                           lr_end=1e-3, device="cpu", autocast=False, dead_feature_window=3,
+                           feature_sampling_window=100)
+    tr = cls(cfg=cfg, sae=sae, data_provider=iter(()))
+    tr.activation_scaler.scaling_factor = 1.0
+    return tr
+
+
+def test_trainer_steps_match_saelens_trainer():
+    """Six optimiser steps, dead latents appearing on the way: same counters, weights within Adam's rounding."""
+    ref, ours = _trainer(SAETrainer, _sae()), _trainer(TopKTrainer, _sae())
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(BATCH, D_IN, generator=gen) * 2 for _ in range(6)]
+    for step, x in enumerate(batches):
+        out_ref, out = ref.step(x), ours.step(x)
+        ref.n_training_steps += 1
+        ours.n_training_steps += 1
+        assert out.loss.item() == pytest.approx(out_ref.loss.item(), rel=1e-4)
+    assert int(ours.dead_neurons.sum()) > 0  # the AuxK path ran
+    torch.testing.assert_close(ours.act_freq_scores, ref.act_freq_scores)
+    torch.testing.assert_close(ours.n_forward_passes_since_fired, ref.n_forward_passes_since_fired)
+    for name, p in ref.sae.named_parameters():
+        torch.testing.assert_close(getattr(ours.sae, name), p, rtol=1e-4, atol=1e-5, msg=name)
+    log_ref = ref.build_train_step_log_dict(out_ref, 1)
+    log = ours.build_train_step_log_dict(out, 1)
+    for key in ("metrics/l0", "metrics/explained_variance", "sparsity/dead_features", "losses/mse_loss"):
+        assert log[key] == pytest.approx(log_ref[key], rel=1e-4), key
+
+
+def test_unsupported_normalisation_is_refused():
+    sae = _sae(normalize_activations="layer_norm")
+    with pytest.raises(ValueError, match="normalize_activations"):
+        topk_losses(sae, torch.randn(4, D_IN), None)
