@@ -49,3 +49,15 @@ def test_compiled_forward_matches_eager_at_residual_hooks(tiny_model):
     with pytest.raises(ValueError, match="attention_mask"):
         next(A.iter_activations(tiny_model, tokens, "blocks.1.hook_resid_post", compile=True,
                                 attention_mask=torch.ones_like(tokens)))
+
+
+def test_compile_without_a_cxx_compiler_says_what_to_do(tiny_model):
+    import torch._inductor.config as inductor
+
+    tokens = A.random_token_contexts(tiny_model, 2, 8, seed=0)
+    with inductor.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False,
+                         "autotune_local_cache": False}):
+        with pytest.raises(RuntimeError, match="C/C\\+\\+ compiler"):
+            next(A.iter_activations(tiny_model, tokens, "blocks.0.hook_resid_post", batch_size=2,
+                                    autocast=False, compile=True))
+    A._COMPILED.pop(tiny_model, None)  # leave no failed compilation behind for other tests
