@@ -21,7 +21,6 @@ import contextlib
 import math
 import re
 import warnings
-import weakref
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -68,7 +67,7 @@ def layer_of(hook: str) -> int:
     return int(m.group(1))
 
 
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_COMPILED_ATTR = "_faithful_compiled"  # on the model: the cache lives and dies with it
 
 
 def compiled_forward(model, hook: str):
@@ -84,7 +83,7 @@ def compiled_forward(model, hook: str):
         raise ValueError(f"compile=True supports residual-stream hooks (blocks.L.hook_resid_pre/post), "
                          f"not {hook!r}: pass compile=False")
     stop = int(m.group(1)) + (m.group(2) == "post")
-    per_model = _COMPILED.setdefault(model, {})
+    per_model = model.__dict__.setdefault(_COMPILED_ATTR, {})
     if stop not in per_model:
         def forward(tokens):
             return model(tokens, stop_at_layer=stop)
@@ -99,14 +98,15 @@ def _run_compiled(fn, toks: torch.Tensor, batch_size: int) -> torch.Tensor:
     n = toks.shape[0]
     if n < batch_size:
         toks = torch.cat([toks, toks[-1:].expand(batch_size - n, -1)])
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+
     try:
         return fn(toks)[:n]
-    except Exception as err:  # inductor needs a C++ compiler on CPU (Triton on GPU)
-        if "torch._dynamo" not in type(err).__module__ and "torch._inductor" not in type(err).__module__:
-            raise
-        raise RuntimeError(f"torch.compile could not compile the language model ({type(err).__name__}): "
-                           "install a C/C++ compiler (e.g. gcc) or run without compiling (compile=False; "
-                           "for training, compile_lm=False in the profile)") from err
+    except (BackendCompilerFailed, InductorError) as err:  # inductor needs a C++ compiler on CPU
+        raise RuntimeError(f"torch.compile could not build the language model's kernels: {err}\n"
+                           "Install a C/C++ compiler (e.g. gcc) or run without compiling "
+                           "(compile=False; for training, compile_lm=False in the profile).") from err
 
 
 @torch.no_grad()

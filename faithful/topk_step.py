@@ -8,9 +8,8 @@ that is almost all zeros, and on a CPU those passes cost more than the encoder's
 
 :func:`topk_losses` computes the same quantities with only the work that has to be dense:
 
-* one encoder matmul ``x @ W_enc`` (bf16 when the trainer autocasts) without autograd; the
-  decoder bias enters as ``b_enc - b_dec @ W_enc``, the same function as
-  ``(x - b_dec) @ W_enc + b_enc``, whose gradient for ``b_dec`` is a vector product;
+* one encoder matmul ``(x - b_dec) @ W_enc`` (bf16 when the trainer autocasts) without
+  autograd; ``b_dec``'s gradient through the input is a vector product;
 * TopK selection, then a gather of the ``k`` chosen pre-activations, which carry the gradient
   (:class:`_EncoderAt`: one ``xᵀ G`` matmul in the backward pass);
 * decoding with ``embedding_bag``: ``Σ_j a_j / ‖W_dec[j]‖ · W_dec[j]`` over the ``k`` chosen rows;
@@ -95,16 +94,16 @@ class _DeadDecode(torch.autograd.Function):
         else:
             dense = _put(work.get("aux_acts", (vals.shape[0], len(dead_ids)), lp, vals.device).zero_(),
                          pos, vals.to(lp))
-        ctx.save_for_backward(W_sub, dead_ids, pos)
-        ctx.dense, ctx.work, ctx.dtype, ctx.d_sae = dense, work, W_dec.dtype, W_dec.shape[0]
+        ctx.save_for_backward(W_sub, dead_ids, pos, dense)  # dense may be a workspace view:
+        ctx.work, ctx.dtype, ctx.d_sae = work, W_dec.dtype, W_dec.shape[0]  # reuse before backward raises
         return (dense @ W_sub).to(W_dec.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        W_sub, dead_ids, pos = ctx.saved_tensors
+        W_sub, dead_ids, pos, dense = ctx.saved_tensors
         g = grad.to(W_sub.dtype)
         grad_W = ctx.work.get("aux_grad_W_dec", (ctx.d_sae, W_sub.shape[1]), ctx.dtype, g.device).zero_()
-        grad_W.index_copy_(0, dead_ids, (ctx.dense.T @ g).to(ctx.dtype))
+        grad_W.index_copy_(0, dead_ids, (dense.T @ g).to(ctx.dtype))
         grad_vals = g @ W_sub.T
         grad_vals = (grad_vals if pos is None else grad_vals.gather(1, pos)).to(ctx.dtype)
         return grad_W, None, None, grad_vals, None, None
@@ -133,13 +132,21 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
     if cfg.normalize_activations not in SUPPORTED_NORMALISATION:
         raise ValueError(f"topk_losses supports normalize_activations in {SUPPORTED_NORMALISATION}, "
                          f"not {cfg.normalize_activations!r}: train with SAELens's own step instead")
+    if cfg.reshape_activations != "none" or x.dim() != 2:
+        raise ValueError(f"topk_losses takes a [batch, d_in] batch (reshape_activations='none'), not "
+                         f"shape {tuple(x.shape)} with reshape_activations={cfg.reshape_activations!r}")
     work = work or Workspace()
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     dt, lp = W_enc.dtype, torch.bfloat16 if bf16 else W_enc.dtype
     x = x.to(dt)
-    bias = b_enc - b_dec @ W_enc if cfg.apply_b_dec_to_input else b_enc
+    if cfg.apply_b_dec_to_input:
+        # x - b_dec is rounded to bf16 once, as under SAELens's autocast; b_dec's gradient
+        # through the input, -(Σ_i ∂pre_i) W_encᵀ, flows through a zero-valued vector term.
+        x_lp = (x - b_dec.detach()).to(lp)
+        bias = b_enc - (b_dec - b_dec.detach()) @ W_enc
+    else:
+        x_lp, bias = x.to(lp), b_enc
     norm = W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
-    x_lp = x.to(lp)
     shape = (x.shape[0], cfg.d_sae)
     with torch.no_grad():
         W_lp = W_enc if lp == dt else work.get("W_enc", W_enc.shape, lp, x.device).copy_(W_enc)
@@ -200,8 +207,9 @@ class TopKTrainer(SAETrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.work = Workspace()
-        for group in self.optimizer.param_groups:  # set before the first step creates Adam's state
-            group["foreach"], group["fused"] = None, True
+        if self.sae.W_enc.device.type in ("cpu", "cuda"):  # fused Adam's devices
+            for group in self.optimizer.param_groups:  # before the first step creates Adam's state
+                group["foreach"], group["fused"] = None, True
 
     def _train_step(self, sae, sae_in: torch.Tensor) -> TrainStepOutput:
         sae.train()

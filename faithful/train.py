@@ -78,6 +78,8 @@ class TrainSettings:
     rounding differs slightly from eager autocast, so it is part of what determines the weights."""
     profile: str = "cpu"
     """Profile the settings came from."""
+    trainer: str = "faithful.topk_step.TopKTrainer/1"
+    """The training step's implementation and version (a run made by another is not resumed)."""
 
 
 def dataset_label(dataset: str | Path) -> str:

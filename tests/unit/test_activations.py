@@ -44,11 +44,28 @@ def test_compiled_forward_matches_eager_at_residual_hooks(tiny_model):
         torch.testing.assert_close(torch.cat([a for a, _ in got]), eager, rtol=1e-4, atol=1e-4)
     assert A.compiled_forward(tiny_model, "blocks.1.hook_resid_post") is \
         A.compiled_forward(tiny_model, "blocks.1.hook_resid_post")  # compiled once per model and hook
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training's setting: bf16 within bf16 noise
+        got = A.compiled_forward(tiny_model, "blocks.1.hook_resid_post")(tokens[:4])
+    eager = torch.cat([a for a, _, _ in A.iter_activations(tiny_model, tokens[:4], "blocks.1.hook_resid_post",
+                                                           autocast=False)])
+    assert ((got.float() - eager).norm() / eager.norm()) < 0.05
     with pytest.raises(ValueError, match="residual-stream hooks"):
         A.compiled_forward(tiny_model, "blocks.1.hook_mlp_out")
     with pytest.raises(ValueError, match="attention_mask"):
         next(A.iter_activations(tiny_model, tokens, "blocks.1.hook_resid_post", compile=True,
                                 attention_mask=torch.ones_like(tokens)))
+
+
+def test_compiled_forward_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    model = faithful.load_model("tiny-random", device="cpu", seed=1)
+    A.compiled_forward(model, "blocks.0.hook_resid_post")
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
 
 
 def test_compile_without_a_cxx_compiler_says_what_to_do(tiny_model):
@@ -60,4 +77,4 @@ def test_compile_without_a_cxx_compiler_says_what_to_do(tiny_model):
         with pytest.raises(RuntimeError, match="C/C\\+\\+ compiler"):
             next(A.iter_activations(tiny_model, tokens, "blocks.0.hook_resid_post", batch_size=2,
                                     autocast=False, compile=True))
-    A._COMPILED.pop(tiny_model, None)  # leave no failed compilation behind for other tests
+    getattr(tiny_model, A._COMPILED_ATTR).clear()  # leave no failed compilation behind for other tests

@@ -6,7 +6,7 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import TrainStepInput
 from sae_lens.training.sae_trainer import SAETrainer
 
-from faithful.topk_step import TopKTrainer, topk_losses
+from faithful.topk_step import TopKTrainer, Workspace, topk_losses
 
 D_IN, D_SAE, K, BATCH = 16, 96, 4, 64
 
@@ -39,7 +39,8 @@ def _reference(sae, x, dead, autocast=False):
 
 
 @pytest.mark.parametrize("n_dead", [0, 3, 60])  # none, fewer than d_in/2, more than d_in/2
-@pytest.mark.parametrize("cfg", [{}, {"rescale_acts_by_decoder_norm": False}, {"apply_b_dec_to_input": False}])
+@pytest.mark.parametrize("cfg", [{}, {"rescale_acts_by_decoder_norm": False}, {"apply_b_dec_to_input": False},
+                                 {"rescale_acts_by_decoder_norm": False, "apply_b_dec_to_input": False}])
 def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg):
     sae = _sae(**cfg)
     x = torch.randn(BATCH, D_IN) * 2
@@ -59,16 +60,36 @@ def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg):
 
 
 def test_bf16_step_is_close_to_saelens_autocast():
+    """Inputs far from the origin, b_dec at their mean: x - b_dec must be rounded, not x."""
     sae = _sae()
-    x = torch.randn(BATCH, D_IN) * 2
+    gen = torch.Generator().manual_seed(0)
+    offset = torch.randn(D_IN, generator=gen) * 30
+    x = offset + torch.randn(BATCH, D_IN, generator=gen)
+    with torch.no_grad():
+        sae.b_dec.copy_(offset)
+    exact = _reference(sae, x, None)
     ref = _reference(sae, x, _dead(10), autocast=True)
     g_ref = _grads(sae, ref.loss)
     ours = topk_losses(sae, x, _dead(10), bf16=True)
     g_ours = _grads(sae, ours["loss"])
+    err_ref = (ref.hidden_pre.float() - exact.hidden_pre).abs().mean()
+    err_ours = (ours["hidden_pre"] - exact.hidden_pre).abs().mean()
+    assert err_ours <= 1.5 * err_ref + 1e-6
     assert ours["loss"].item() == pytest.approx(ref.loss.item(), rel=2e-2)
     for name in g_ref:
         rel = (g_ours[name] - g_ref[name]).norm() / g_ref[name].norm()
         assert rel < 0.1, name
+
+
+def test_reusing_a_workspace_before_backward_raises():
+    """Workspace buffers carry autograd's version counter: a second step before the first
+    backward must fail loudly, not corrupt the gradients."""
+    sae, work = _sae(), Workspace()
+    x = torch.randn(BATCH, D_IN)
+    first = topk_losses(sae, x, _dead(60), work=work)
+    topk_losses(sae, x + 1, _dead(60), work=work)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first["loss"].backward()
 
 
 def _trainer(cls, sae):
@@ -85,12 +106,14 @@ def test_trainer_steps_match_saelens_trainer():
     ref, ours = _trainer(SAETrainer, _sae()), _trainer(TopKTrainer, _sae())
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(BATCH, D_IN, generator=gen) * 2 for _ in range(6)]
+    aux_steps = 0
     for step, x in enumerate(batches):
         out_ref, out = ref.step(x), ours.step(x)
         ref.n_training_steps += 1
         ours.n_training_steps += 1
         assert out.loss.item() == pytest.approx(out_ref.loss.item(), rel=1e-4)
-    assert int(ours.dead_neurons.sum()) > 0  # the AuxK path ran
+        aux_steps += out.losses["auxiliary_reconstruction_loss"].item() > 0
+    assert aux_steps >= 2  # the AuxK path ran
     torch.testing.assert_close(ours.act_freq_scores, ref.act_freq_scores)
     torch.testing.assert_close(ours.n_forward_passes_since_fired, ref.n_forward_passes_since_fired)
     for name, p in ref.sae.named_parameters():
@@ -101,7 +124,9 @@ def test_trainer_steps_match_saelens_trainer():
         assert log[key] == pytest.approx(log_ref[key], rel=1e-4), key
 
 
-def test_unsupported_normalisation_is_refused():
+def test_unsupported_settings_are_refused():
     sae = _sae(normalize_activations="layer_norm")
     with pytest.raises(ValueError, match="normalize_activations"):
         topk_losses(sae, torch.randn(4, D_IN), None)
+    with pytest.raises(ValueError, match=r"\[batch, d_in\]"):
+        topk_losses(_sae(), torch.randn(2, 4, D_IN), None)
