@@ -31,6 +31,9 @@ from .train_stream import (ActivationStream, load_trainer_state, pack_contexts,
                            save_trainer_state)
 
 RUN_FILE = "faithful_run.json"
+CHECKPOINT_SECONDS = 300
+"""Default wall time between resumable checkpoints: a crash loses at most this much training,
+and short runs do not pay for checkpoints of every seed (Adam state included) they never need."""
 CURVES_FILE = "curves.jsonl"
 
 
@@ -126,8 +129,8 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     with ``text`` (or ``token_ids``) rows. Arguments left at None come from
     ``faithful.sae_preset(model, profile)`` and the profile (``train_tokens``,
     ``train_batch_size``). ``out_dir`` replaces ``runs/`` as the root. ``checkpoint_every``
-    (optimiser steps, default a tenth of the run) sets how often a resumable checkpoint is
-    written. ``overwrite=True`` retrains runs whose folder holds other settings.
+    (optimiser steps; default: after ``CHECKPOINT_SECONDS`` of wall time) sets how often a
+    resumable checkpoint is written. ``overwrite=True`` retrains runs whose folder holds other settings.
     """
     from .corpora import load_corpus
     from .profiles import get_profile
@@ -254,7 +257,7 @@ class _Run:
 
         self.s, self.seeds, self.dirs, self.progress, self.epochs = settings, seeds, dirs, progress, epochs
         self.steps = max(1, settings.n_tokens // settings.batch_size)
-        self.every = checkpoint_every or max(1, self.steps // 10)
+        self.every, self.last_checkpoint = checkpoint_every, time.perf_counter()
         device = str(model.cfg.device or "cpu")
         self.stream = ActivationStream(model, contexts, settings.hook,
                                        block_contexts=settings.block_contexts,
@@ -293,8 +296,11 @@ class _Run:
                 tr.n_training_steps += 1
             step += 1
             bar.update(self.s.batch_size)
-            if step % self.every == 0 and step < self.steps:
+            due = (step % self.every == 0 if self.every else
+                   time.perf_counter() - self.last_checkpoint >= CHECKPOINT_SECONDS)
+            if due and step < self.steps:
                 self._checkpoint(step)
+                self.last_checkpoint = time.perf_counter()
         bar.close()
         self._finish()
 

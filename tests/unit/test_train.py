@@ -114,6 +114,29 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
     assert not (home / "cut" / ".seed42.resume").exists()
 
 
+def test_default_checkpoints_follow_wall_time(tiny_model, texts, home, monkeypatch):
+    """Without checkpoint_every, a checkpoint is written once CHECKPOINT_SECONDS have passed."""
+    real = ActivationStream.next_batch
+    calls = {"n": 0}
+
+    def dying(self, n):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self, n)
+
+    monkeypatch.setattr(ActivationStream, "next_batch", dying)
+    monkeypatch.setattr(train, "CHECKPOINT_SECONDS", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "t", **SMALL)
+    assert storage.read_json(home / "t" / ".seed42.resume" / "resume.json")["step"] == 4
+    monkeypatch.setattr(train, "CHECKPOINT_SECONDS", 1e9)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        faithful.train_saes(tiny_model, texts, seeds=(49,), out_dir=home / "t", **SMALL)
+    assert not (home / "t" / ".seed49.resume").exists()  # a short run writes none
+
+
 def test_stream_batches_straddle_blocks_without_loss(tiny_model, texts):
     contexts, epochs, _ = pack_contexts(tiny_model, texts, 16, 600)
     assert epochs == 1 and (contexts[:, 0] == faithful.start_token_id(tiny_model)).all()
