@@ -78,6 +78,8 @@ def compiled_forward(model, hook: str):
     stream where it stops, with no hooks at all. Compiled with inductor's *freezing*, so the
     model's weights are read once: a model whose weights are then changed needs a new object.
     """
+    import torch._inductor.config as inductor_config
+
     m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook)
     if not m:
         raise ValueError(f"compile=True supports residual-stream hooks (blocks.L.hook_resid_pre/post), "
@@ -87,9 +89,15 @@ def compiled_forward(model, hook: str):
     if stop not in per_model:
         def forward(tokens):
             return model(tokens, stop_at_layer=stop)
-        # freezing: weights become constants, prepacked for the CPU's bf16 matmul kernels
-        # (+15% here). The model's weights must not change afterwards: they are baked in.
-        per_model[stop] = torch.compile(forward, dynamic=False, options={"freezing": True})
+        compiled = torch.compile(forward, dynamic=False)
+
+        def frozen(tokens):
+            # Freezing makes the weights constants, prepacked for the CPU's bf16 matmul kernels
+            # (+15% here); it must be on when a call compiles (options= does not reach it).
+            # The model's weights must not change afterwards: they are baked in.
+            with inductor_config.patch(freezing=True):
+                return compiled(tokens)
+        per_model[stop] = frozen
     return per_model[stop]
 
 
