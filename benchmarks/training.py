@@ -28,7 +28,7 @@ import faithful
 from faithful import train
 from faithful.activations import collect_activations, iter_activations
 from faithful.topk_step import TopKTrainer
-from faithful.train_stream import pack_contexts
+from faithful.train_stream import LM_BATCH, pack_contexts
 
 
 def bf16_gflops(n: int = 2048, reps: int = 5, trials: int = 7) -> tuple[float, float]:
@@ -55,7 +55,7 @@ def flops_per_token(model, layer: int, context_size: int) -> float:
     return 2 * params + attn
 
 
-def lm_tokens_per_second(model, contexts, hook: str, batch_size: int = 32, compile: bool = False
+def lm_tokens_per_second(model, contexts, hook: str, batch_size: int = LM_BATCH, compile: bool = False
                          ) -> tuple[float, float]:
     """(tokens/s, seconds of the warm-up call, which compiles when ``compile``)."""
     t = time.perf_counter()
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"  compiled / eager: {lm_rates[True] / lm_rates[False]:.2f}x")
 
     from sae_lens.training.sae_trainer import SAETrainer
-    acts = collect_activations(model, contexts[:96], hook, batch_size=32, compile=profile.compile_lm)
+    acts = collect_activations(model, contexts[:96], hook, batch_size=LM_BATCH, compile=profile.compile_lm)
     settings = train.TrainSettings(model="bench", dataset="bench", fingerprint="", hook=hook,
                                    d_in=model.cfg.d_model, d_sae=preset.d_sae, k=preset.k, lr=preset.lr,
                                    n_tokens=len(acts), context_size=preset.context_size,

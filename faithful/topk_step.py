@@ -146,7 +146,9 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
         bias = b_enc - (b_dec - b_dec.detach()) @ W_enc
     else:
         x_lp, bias = x.to(lp), b_enc
-    norm = W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
+    # The decoder norm only ranks latents: the decoder reads activation ÷ norm, in which it
+    # cancels, so no gradient flows through it (as in SAELens, where it cancels numerically).
+    norm = W_dec.detach().norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
     shape = (x.shape[0], cfg.d_sae)
     with torch.no_grad():
         W_lp = W_enc if lp == dt else work.get("W_enc", W_enc.shape, lp, x.device).copy_(W_enc)

@@ -5,11 +5,11 @@
   ``context_size - 1`` tokens, each piece prefixed with the start token. Rows with
   ``token_ids`` (a Faithful dataset) are used as generated, not re-tokenised.
 * :class:`ActivationStream` runs the language model once per block of contexts (to the hook's
-  layer only, bf16 autocast on CPU, through ``torch.compile`` when asked), keeps the content positions (``faithful.content_mask``:
-  no position 0, no special token), shuffles the block with a generator seeded by
-  ``(data_seed, block)`` and hands out batches that may straddle blocks. Its position is two
-  integers, so a resumed run reads exactly the batches an uninterrupted one would, and no
-  buffer can be smaller than a batch.
+  layer only, bf16 autocast on CPU, through ``torch.compile`` when asked), keeps the content
+  positions (``faithful.content_mask``: no position 0, no special token), shuffles the block
+  with a generator seeded by ``(data_seed, block)`` and hands out batches that may straddle
+  blocks. Its position is two integers, so a resumed run reads exactly the batches an
+  uninterrupted one would, and no buffer can be smaller than a batch.
 * :func:`save_trainer_state` / :func:`load_trainer_state` write a SAELens ``SAETrainer``'s
   state (Adam moments, scheduler, dead-latent counters, activation scale) as safetensors +
   JSON, never pickle.
