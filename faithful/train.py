@@ -9,7 +9,8 @@ trainer steps on the same batch: the seed changes only the initialisation, as in
 
 Each run is written to ``runs/<model>/<dataset>/<hook>/<profile>/seed<N>/`` in SAELens format
 (``SAE.load_from_disk`` loads it) with ``faithful_run.json`` (model, dataset name and
-fingerprint, hook, tokens seen, seed, settings, profile) and ``curves.jsonl`` (MSE, explained
+fingerprint, hook, tokens seen, seed, settings, profile; seconds in all, in the language model
+and in this seed's optimiser steps) and ``curves.jsonl`` (MSE, explained
 variance, L0, dead latents). A finished run is reused; an interrupted one resumes from its last
 checkpoint (``.seed<N>.resume/``, written atomically) and ends with the same weights as an
 uninterrupted run.
@@ -273,6 +274,7 @@ class _Run:
             self.saes[seed] = make_sae(settings, seed, device)
             self.trainers[seed] = TopKTrainer(cfg=cfg, sae=self.saes[seed], data_provider=iter(()))
         self.curves: dict[int, list[dict]] = {s: [] for s in seeds}
+        self.sae_seconds = dict.fromkeys(seeds, 0.0)  # optimiser steps only, per seed
         self.t_start = time.perf_counter()
 
     def resume_dir(self, seed) -> Path:
@@ -290,7 +292,9 @@ class _Run:
         while step < self.steps:
             batch = self.stream.next_batch(self.s.batch_size)
             for seed, tr in self.trainers.items():
+                t = time.perf_counter()
                 out = tr.step(batch)
+                self.sae_seconds[seed] += time.perf_counter() - t
                 if (step + 1) % log_every == 0 or step + 1 == self.steps:
                     self._log(seed, tr, out)
                 tr.n_training_steps += 1
@@ -359,6 +363,8 @@ class _Run:
                 storage.write_json(tmp / RUN_FILE, {
                     "settings": asdict(self.s), "seed": seed, "tokens_seen": tr.n_training_samples,
                     "epochs": self.epochs, "seconds": time.perf_counter() - self.t_start,
+                    # this session's share (a resumed run counts from the resume)
+                    "lm_seconds": self.stream.lm_seconds, "sae_seconds": self.sae_seconds[seed],
                     "final": self.curves[seed][-1] if self.curves[seed] else {}})
             shutil.rmtree(self.resume_dir(seed), ignore_errors=True)
 

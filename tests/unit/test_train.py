@@ -36,6 +36,7 @@ def test_end_to_end_checkpoints_metadata_and_curves(tiny_model, texts, home):
         meta = storage.read_json(p / train.RUN_FILE)
         assert meta["seed"] == seed and meta["tokens_seen"] == 1536
         assert meta["settings"]["model"] == "tiny-random" and len(meta["settings"]["fingerprint"]) == 16
+        assert 0 < meta["lm_seconds"] < meta["seconds"] and 0 < meta["sae_seconds"] < meta["seconds"]
         rows = [json.loads(x) for x in (p / train.CURVES_FILE).read_text().splitlines()]
         assert rows[-1]["tokens"] == 1536
         assert {"mse", "explained_variance", "l0", "dead_latents"} <= set(rows[-1])
