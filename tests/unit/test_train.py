@@ -91,18 +91,24 @@ def test_finished_run_is_reused_and_other_settings_refused(tiny_model, texts, ho
         faithful.train_saes(tiny_model, texts, seeds=(42,), **{**SMALL, "k": 5})
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, monkeypatch):
-    whole = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "whole", **SMALL)
-    calls = {"n": 0}
-    real = ActivationStream.next_batch
+def _interrupt_at_batch(monkeypatch, call: int) -> dict:
+    """Make the activation stream raise KeyboardInterrupt on its ``call``-th batch (a count in a dict)."""
+    real, calls = ActivationStream.next_batch, {"n": 0}
 
     def dying(self, n):
         calls["n"] += 1
-        if calls["n"] == 9:
+        if calls["n"] == call:
             raise KeyboardInterrupt
         return real(self, n)
 
     monkeypatch.setattr(ActivationStream, "next_batch", dying)
+    return calls
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, monkeypatch):
+    whole = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "whole", **SMALL)
+    real = ActivationStream.next_batch
+    _interrupt_at_batch(monkeypatch, 9)
     with pytest.raises(KeyboardInterrupt):
         faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", checkpoint_every=3, **SMALL)
     assert not (home / "cut" / "seed42").exists()  # nothing half-written that would load
@@ -117,16 +123,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
 
 def test_default_checkpoints_follow_wall_time(tiny_model, texts, home, monkeypatch):
     """Without checkpoint_every, a checkpoint is written once CHECKPOINT_SECONDS have passed."""
-    real = ActivationStream.next_batch
-    calls = {"n": 0}
-
-    def dying(self, n):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(self, n)
-
-    monkeypatch.setattr(ActivationStream, "next_batch", dying)
+    calls = _interrupt_at_batch(monkeypatch, 5)
     monkeypatch.setattr(train, "CHECKPOINT_SECONDS", 0.0)
     with pytest.raises(KeyboardInterrupt):
         faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "t", **SMALL)
