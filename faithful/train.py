@@ -3,7 +3,8 @@
 ``train_saes(model, dataset, seeds=(42, 49))`` builds one SAELens ``TopKTrainingSAE`` per seed
 under ``torch.manual_seed(seed)`` (SAELens ignores its config's seed) and one SAELens
 ``SAETrainer`` (Adam, AuxK loss against dead latents, activation-norm scaling) per SAE, whose
-step computes the same loss with a sparse decoder (:mod:`faithful.topk_step`). A single
+step computes the same loss with a sparse decoder (:mod:`faithful.topk_step`). The decoder bias
+starts at the geometric median of the first activations, as in Gao et al. (:data:`B_DEC_INITS`). A single
 :class:`~faithful.train_stream.ActivationStream` runs the model once per batch and every seed's
 trainer steps on the same batch: the seed changes only the initialisation, as in the paper.
 
@@ -36,6 +37,11 @@ CHECKPOINT_SECONDS = 300
 """Default wall time between resumable checkpoints: a crash loses at most this much training,
 and short runs do not pay for checkpoints of every seed (Adam state included) they never need."""
 CURVES_FILE = "curves.jsonl"
+B_DEC_INITS = ("geometric_median", "zeros")
+"""Ways to start the decoder bias. SmolLM2's residual stream has a large common component (at the
+``cpu`` hook the median is ≈70 % as long as an average activation): from ``zeros`` it dominates
+every pre-activation, the same few latents win TopK on every token and most of the others die.
+``benchmarks/b_dec_init.py`` measures dead latents and explained variance for both."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class TrainSettings:
     """SAELens architecture (only ``topk``)."""
     aux_loss_coefficient: float = 1.0
     """AuxK loss weight (SAELens default)."""
+    b_dec_init: str = "geometric_median"
+    """Decoder bias before training: ``geometric_median`` of the first shuffle block's scaled
+    activations, the same for every seed (Gao et al., 2024, like OpenAI's and EleutherAI's
+    trainers), or ``zeros`` (SAELens 6's default; see :data:`B_DEC_INITS`)."""
     dead_feature_window: int = 1000
     """Steps without firing after which a latent counts as dead (SAELens default; capped
     at a quarter of the run for short runs)."""
@@ -123,7 +133,7 @@ def list_runs(model=None, dataset_name: str | None = None, profile=None) -> list
 def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None, lr=None,
                n_tokens=None, context_size=None, batch_size=None, architecture="topk",
                out_dir=None, dataset_name=None, profile=None, progress=True,
-               checkpoint_every=None, overwrite=False) -> list[Path]:
+               checkpoint_every=None, overwrite=False, b_dec_init="geometric_median") -> list[Path]:
     """Train one TopK SAE per seed on ``dataset`` at ``layer``; return their checkpoint folders.
 
     ``dataset`` is a corpus name or path (``faithful.load_corpus``) or a ``datasets.Dataset``
@@ -132,6 +142,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     ``train_batch_size``). ``out_dir`` replaces ``runs/`` as the root. ``checkpoint_every``
     (optimiser steps; default: after ``CHECKPOINT_SECONDS`` of wall time) sets how often a
     resumable checkpoint is written. ``overwrite=True`` retrains runs whose folder holds other settings.
+    ``b_dec_init`` starts the decoder bias at the data's geometric median or at zero (:data:`B_DEC_INITS`).
     """
     from .corpora import load_corpus
     from .profiles import get_profile
@@ -142,7 +153,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     d_sae, k = d_sae or preset.d_sae, k or preset.k
     lr, ctx = lr or preset.lr, context_size or preset.context_size
     n_tokens, batch_size = n_tokens or profile.train_tokens, batch_size or profile.train_batch_size
-    _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds)
+    _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds, b_dec_init)
     if isinstance(dataset, (str, Path)):
         dataset_name = dataset_name or dataset_label(dataset)
         dataset = load_corpus(dataset, model=model, profile=profile)
@@ -151,7 +162,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     settings = TrainSettings(
         model=model_name(model), dataset=dataset_name, fingerprint=fingerprint, hook=hook,
         d_in=model.cfg.d_model, d_sae=d_sae, k=k, lr=lr, n_tokens=n_tokens, context_size=ctx,
-        batch_size=batch_size, architecture=architecture,
+        batch_size=batch_size, architecture=architecture, b_dec_init=b_dec_init,
         dead_feature_window=min(1000, max(1, n_tokens // batch_size // 4)),
         block_contexts=ActivationStream.block_size_for(batch_size, ctx), profile=profile.name,
         compile_lm=profile.compile_lm)
@@ -214,7 +225,9 @@ def make_sae(settings: TrainSettings, seed: int, device: str = "cpu"):
 
 
 # ----------------------------------------------------------------------------- internals
-def _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds):
+def _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds, b_dec_init):
+    if b_dec_init not in B_DEC_INITS:
+        raise ValueError(f"b_dec_init={b_dec_init!r} is not one of {B_DEC_INITS}")
     if architecture != "topk":
         raise ValueError(f"architecture {architecture!r} is not supported: the paper trains TopK SAEs "
                          "(architecture='topk')")
@@ -285,7 +298,7 @@ class _Run:
 
         step = self._try_resume()
         if step == 0:
-            self._estimate_scale()
+            self._init_from_data()
         bar = tqdm(total=self.steps * self.s.batch_size, initial=step * self.s.batch_size,
                    unit="tok", desc=f"SAEs {self.s.dataset} seeds {self.seeds}", disable=not self.progress)
         log_every = max(1, self.steps // 50)
@@ -308,11 +321,16 @@ class _Run:
         bar.close()
         self._finish()
 
-    def _estimate_scale(self) -> None:
-        acts = self.stream.peek()  # the first block, trained on next: nothing is read twice
+    def _init_from_data(self) -> None:
+        """Activation scale (SAELens's ``expected_average_only_in``) and, by default, the decoder
+        bias, from the first block, which is trained on next: nothing is read twice."""
+        acts = self.stream.peek()
         factor = self.s.d_in ** 0.5 / acts.norm(dim=-1).mean().item()
+        b_dec = geometric_median(acts * factor) if self.s.b_dec_init == "geometric_median" else None
         for tr in self.trainers.values():
             tr.activation_scaler.scaling_factor = factor
+            if b_dec is not None:
+                tr.sae.b_dec.data.copy_(b_dec)
 
     @torch.no_grad()
     def _log(self, seed, trainer, out) -> None:
@@ -367,6 +385,22 @@ class _Run:
                     "lm_seconds": self.stream.lm_seconds, "sae_seconds": self.sae_seconds[seed],
                     "final": self.curves[seed][-1] if self.curves[seed] else {}})
             shutil.rmtree(self.resume_dir(seed), ignore_errors=True)
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) -> torch.Tensor:
+    """The point with the least summed Euclidean distance to the rows of ``points`` ``[n, d]``:
+    Weiszfeld's iterations from the mean, in float64 (a robust centre: outliers barely move it)."""
+    pts = points.double()
+    guess = pts.mean(0)
+    for _ in range(max_iter):
+        w = 1 / (pts - guess).norm(dim=-1).clamp_min(1e-12)
+        new = (w[:, None] * pts).sum(0) / w.sum()
+        done = (new - guess).norm() <= tol * (1 + guess.norm())
+        guess = new
+        if done:
+            break
+    return guess.to(points.dtype)
 
 
 def _write_curves(folder: Path, rows: list[dict]) -> None:

@@ -91,6 +91,48 @@ def test_finished_run_is_reused_and_other_settings_refused(tiny_model, texts, ho
         faithful.train_saes(tiny_model, texts, seeds=(42,), **{**SMALL, "k": 5})
 
 
+def test_geometric_median_known_answers():
+    line = torch.tensor([[0.0], [1.0], [10.0]])
+    torch.testing.assert_close(train.geometric_median(line), torch.tensor([1.0]), atol=1e-3, rtol=0)
+    square = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    torch.testing.assert_close(train.geometric_median(square), torch.zeros(2), atol=1e-6, rtol=0)
+    # an outlier drags the mean to x = 200 but leaves the median inside the square
+    median = train.geometric_median(torch.cat([square, torch.tensor([[1000.0, 0.0]])]))
+    assert median.abs().max() < 1 and median[0] > 0
+
+
+def test_decoder_bias_starts_at_the_median_and_spreads_the_first_topk():
+    """Activations with a large common offset: from b_dec = 0 the offset decides TopK and the
+    same few latents win on every token; from the geometric median the tokens' own parts do."""
+    gen = torch.Generator().manual_seed(0)
+    x = 10 * torch.randn(64, generator=gen) + torch.randn(512, 64, generator=gen)
+    settings = train.TrainSettings(model="m", dataset="d", fingerprint="f", hook="h", d_in=64, d_sae=256,
+                                   k=4, lr=1e-3, n_tokens=1, context_size=32, batch_size=1)
+    sae = train.make_sae(settings, 42)
+    with torch.no_grad():
+        from_zero = sae.encode(x).count_nonzero(0).gt(0).sum()
+        sae.b_dec.copy_(train.geometric_median(x))
+        from_median = sae.encode(x).count_nonzero(0).gt(0).sum()
+    assert from_zero < 40 and from_median > 150, (from_zero, from_median)
+
+
+def test_training_starts_every_seed_at_the_first_blocks_median(tiny_model, texts, home, monkeypatch):
+    seen = []
+    init = train._Run._init_from_data
+
+    def capture(self):
+        init(self)
+        factor = self.trainers[self.seeds[0]].activation_scaler.scaling_factor
+        seen.append((train.geometric_median(self.stream.peek() * factor),
+                     [tr.sae.b_dec.detach().clone() for tr in self.trainers.values()]))
+    monkeypatch.setattr(train._Run, "_init_from_data", capture)
+    faithful.train_saes(tiny_model, texts, seeds=(42, 49), **SMALL)
+    faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "z", b_dec_init="zeros", **SMALL)
+    (median, b_decs), (_, zeros) = seen
+    assert median.norm() > 0 and all(torch.equal(b, median) for b in b_decs)
+    assert not zeros[0].any()
+
+
 def _interrupt_at_batch(monkeypatch, call: int) -> dict:
     """Make the activation stream raise KeyboardInterrupt on its ``call``-th batch (a count in a dict)."""
     real, calls = ActivationStream.next_batch, {"n": 0}
@@ -151,6 +193,7 @@ def test_stream_batches_straddle_blocks_without_loss(tiny_model, texts):
     (dict(context_size=512), "n_ctx"),
     (dict(k=64), "k=64"),
     (dict(architecture="gated"), "topk"),
+    (dict(b_dec_init="mean"), "b_dec_init"),
 ])
 def test_bad_arguments(tiny_model, texts, home, bad, match):
     with pytest.raises(ValueError, match=match):
