@@ -173,16 +173,17 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     return [dirs[s] for s in seeds]
 
 
-def train_corpora(model, profile=None, *, progress=True) -> dict[str, list[Path]]:
+def train_corpora(model, profile=None, *, progress=True, overwrite=False) -> dict[str, list[Path]]:
     """Train (or reuse) two-seed SAEs on every corpus of ``profile.corpora``; name → folders.
 
     ``"faithful"`` is the profile's Faithful dataset (``faithful.generate.faithful_dataset_for``).
+    ``overwrite=True`` retrains runs made with other settings (by default they stop with an error).
     """
     from .profiles import get_profile
 
     profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
-    return {name: train_saes(model, name, seeds=profile.seeds, profile=profile, progress=progress)
-            for name in profile.corpora}
+    return {name: train_saes(model, name, seeds=profile.seeds, profile=profile, progress=progress,
+                             overwrite=overwrite) for name in profile.corpora}
 
 
 def plot_training_curves(runs, metrics=("mse", "explained_variance", "l0", "dead_latents"), path=None):
@@ -252,12 +253,15 @@ def _finished(folder: Path, settings: TrainSettings, overwrite: bool) -> bool:
     meta_path = folder / RUN_FILE
     if not meta_path.is_file():
         return False
-    if storage.read_json(meta_path)["settings"] == asdict(settings):
+    saved, now = storage.read_json(meta_path)["settings"], asdict(settings)
+    if saved == now:
         return True
     if overwrite:
         return False
-    raise FileExistsError(f"{folder} holds a run with other settings (data or hyper-parameters "
-                          "changed): pass overwrite=True to retrain it, or out_dir= to keep both")
+    diff = ", ".join(f"{k} {saved.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+                     for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+    raise FileExistsError(f"{folder} holds a run with other settings ({diff}): pass overwrite=True "
+                          "to retrain it, or out_dir= to keep both")
 
 
 class _Run:

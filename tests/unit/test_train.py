@@ -87,7 +87,7 @@ def test_finished_run_is_reused_and_other_settings_refused(tiny_model, texts, ho
     stamp = (path / "sae_weights.safetensors").stat().st_mtime_ns
     assert faithful.train_saes(tiny_model, texts, seeds=(42,), **SMALL) == [path]
     assert (path / "sae_weights.safetensors").stat().st_mtime_ns == stamp
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"\(k 4 -> 5\): pass overwrite=True"):
         faithful.train_saes(tiny_model, texts, seeds=(42,), **{**SMALL, "k": 5})
 
 
