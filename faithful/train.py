@@ -41,7 +41,7 @@ B_DEC_INITS = ("geometric_median", "zeros")
 """Ways to start the decoder bias. SmolLM2's residual stream has a large common component (at the
 ``cpu`` hook the median is ≈70 % as long as an average activation): from ``zeros`` it dominates
 every pre-activation, the same few latents win TopK on every token and most of the others die.
-``benchmarks/b_dec_init.py`` measures dead latents and explained variance for both."""
+``benchmarks/b_dec_init.py`` measures dead latents, explained variance and CE loss for both."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class TrainSettings:
     rounding differs slightly from eager autocast, so it is part of what determines the weights."""
     profile: str = "cpu"
     """Profile the settings came from."""
-    trainer: str = "faithful.topk_step.TopKTrainer/1"
+    trainer: str = "faithful.topk_step.TopKTrainer/2"
     """The training step's implementation and version (a run made by another is not resumed)."""
 
 
