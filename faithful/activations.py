@@ -9,11 +9,15 @@ the feature browser) goes through these functions, so the rules live in one plac
 * evaluation contexts are packed the same way for every metric (:func:`eval_contexts`);
 * on CPU the language model runs under bf16 autocast by default (≈4.5× faster matmuls here);
   pass ``autocast=False`` for exact fp32;
+* residual-stream hooks on unpadded contexts are read by :func:`faithful.lm_forward.residual_forward`
+  (TransformerLens's blocks with fused SDPA attention; the same activations, faster); other
+  hooks, and padded batches, by ``run_with_cache``;
 * ``compile=True`` runs the forward pass to a residual-stream hook through ``torch.compile``
-  (:func:`compiled_forward`): on this CPU ≈3× the eager speed, because the fp32 elementwise
+  (:func:`compiled_forward`): on this CPU ≈2× the eager speed, because the fp32 elementwise
   work around the bf16 matmuls (RMSNorm, rotary, reshapes) is fused and the weights are
-  prepacked. It compiles once per model, hook and batch shape (≈1.5 min for SmolLM2 on 2
-  cores; PyTorch caches compiled code on disk, so a later process compiles faster).
+  prepacked. It compiles once per model, hook and batch shape (≈1 min for SmolLM2 on 2
+  cores; PyTorch caches compiled code on disk, so a later process compiles faster);
+* glibc is asked to keep freed memory for the next batch (:func:`faithful.lm_forward.keep_freed_memory`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from .lm_forward import keep_freed_memory, residual_forward
 from .models import content_mask, special_token_ids, start_token_id
 
 
@@ -70,25 +75,30 @@ def layer_of(hook: str) -> int:
 _COMPILED_ATTR = "_faithful_compiled"  # on the model: the cache lives and dies with it
 
 
+def residual_stop(hook: str) -> int | None:
+    """``L`` for ``blocks.L.hook_resid_pre``, ``L + 1`` for ``blocks.L.hook_resid_post``, else None."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook)
+    return int(m.group(1)) + (m.group(2) == "post") if m else None
+
+
 def compiled_forward(model, hook: str):
     """``tokens ↦ activations at hook`` through ``torch.compile``, cached per model and hook.
 
     Only residual-stream hooks (``blocks.L.hook_resid_pre`` / ``hook_resid_post``) are
-    supported: the function is ``model(tokens, stop_at_layer=…)``, which returns the residual
-    stream where it stops, with no hooks at all. Compiled with inductor's *freezing*, so the
-    model's weights are read once: a model whose weights are then changed needs a new object.
+    supported: the function is :func:`faithful.lm_forward.residual_forward`, which returns the
+    residual stream where it stops, with no hooks at all. Compiled with inductor's *freezing*,
+    so the model's weights are read once: a model whose weights are then changed needs a new object.
     """
     import torch._inductor.config as inductor_config
 
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook)
-    if not m:
+    stop = residual_stop(hook)
+    if stop is None:
         raise ValueError(f"compile=True supports residual-stream hooks (blocks.L.hook_resid_pre/post), "
                          f"not {hook!r}: pass compile=False")
-    stop = int(m.group(1)) + (m.group(2) == "post")
     per_model = model.__dict__.setdefault(_COMPILED_ATTR, {})
     if stop not in per_model:
         def forward(tokens):
-            return model(tokens, stop_at_layer=stop)
+            return residual_forward(model, tokens, stop)
         compiled = torch.compile(forward, dynamic=False)
 
         def frozen(tokens):
@@ -129,7 +139,9 @@ def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: 
 
     special = special_token_ids(model)
     stop = layer_of(hook) + 1
+    resid_stop = residual_stop(hook)
     device = model.cfg.device
+    keep_freed_memory()
     if compile and attention_mask is not None:
         raise ValueError("compile=True runs unpadded contexts only: pass attention_mask=None or compile=False")
     fn = compiled_forward(model, hook) if compile else None
@@ -141,6 +153,8 @@ def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: 
         with autocast_context(model, autocast):
             if fn is not None:
                 acts = _run_compiled(fn, toks, batch_size)
+            elif resid_stop is not None and attn is None:
+                acts = residual_forward(model, toks, resid_stop)
             else:
                 _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=stop,
                                                 attention_mask=attn)
