@@ -90,6 +90,10 @@ class TrainSettings:
     compile_lm: bool = False
     """Run the language model through ``torch.compile`` (see ``faithful.activations``); its bf16
     rounding differs slightly from eager autocast, so it is part of what determines the weights."""
+    lm_forward: str = "faithful.lm_forward.residual_forward/1"
+    """How the activations are computed: TransformerLens's blocks with fused SDPA attention
+    (:mod:`faithful.lm_forward`). Under bf16 autocast its rounding differs slightly from
+    TransformerLens's own attention, so it is part of what determines the weights."""
     profile: str = "cpu"
     """Profile the settings came from."""
     trainer: str = "faithful.topk_step.TopKTrainer/2"
