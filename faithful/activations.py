@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .lm_forward import keep_freed_memory, residual_forward
+from .lm_forward import keep_freed_memory, residual_forward, sdpa_view
 from .models import content_mask, special_token_ids, start_token_id
 
 
@@ -97,8 +97,10 @@ def compiled_forward(model, hook: str):
                          f"not {hook!r}: pass compile=False")
     per_model = model.__dict__.setdefault(_COMPILED_ATTR, {})
     if stop not in per_model:
+        view = sdpa_view(model)  # built outside the traced function: copying modules breaks graphs
+
         def forward(tokens):
-            return residual_forward(model, tokens, stop)
+            return residual_forward(view, tokens, stop)
         compiled = torch.compile(forward, dynamic=False)
 
         def frozen(tokens):
@@ -141,10 +143,12 @@ def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: 
     stop = layer_of(hook) + 1
     resid_stop = residual_stop(hook)
     device = model.cfg.device
-    keep_freed_memory()
+    if torch.device(device or "cpu").type == "cpu":
+        keep_freed_memory()
     if compile and attention_mask is not None:
         raise ValueError("compile=True runs unpadded contexts only: pass attention_mask=None or compile=False")
     fn = compiled_forward(model, hook) if compile else None
+    view = sdpa_view(model) if fn is None and resid_stop is not None and attention_mask is None else None
     starts = range(0, tokens.shape[0], batch_size)
     for s in tqdm(starts, desc=f"activations {hook}", disable=not progress, leave=False):
         rows = slice(s, min(s + batch_size, tokens.shape[0]))
@@ -153,8 +157,8 @@ def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: 
         with autocast_context(model, autocast):
             if fn is not None:
                 acts = _run_compiled(fn, toks, batch_size)
-            elif resid_stop is not None and attn is None:
-                acts = residual_forward(model, toks, resid_stop)
+            elif view is not None:
+                acts = residual_forward(view, toks, resid_stop)
             else:
                 _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=stop,
                                                 attention_mask=attn)

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_VIEW_ATTR = "_faithful_sdpa_view"  # on the model: the view lives and dies with it
 _SPLIT_ARCHITECTURES = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
@@ -91,29 +90,33 @@ class SdpaAttention(nn.Module):
 def sdpa_view(model):
     """A shallow copy of ``model`` whose supported attention modules run through SDPA.
 
-    Shares every parameter and module with ``model`` (nothing is copied but the containers);
-    cached on the model. Hooks on attention scores, patterns and ``hook_z`` do not fire in it.
+    Shares every parameter and module with ``model`` (nothing is copied but the containers),
+    so it follows in-place changes to the weights, not modules swapped in later (folding
+    LayerNorm, splicing an SAE): build a new view after those. Cheap (≈ 1 ms). Hooks on
+    attention scores, patterns and ``hook_z`` do not fire in it.
     """
-    view = model.__dict__.get(_VIEW_ATTR)
-    if view is None:
-        view = copy.copy(model)
-        view.__dict__["_modules"] = dict(model._modules)
-        blocks = []
-        for blk in model.blocks:
-            b = copy.copy(blk)
-            b.__dict__["_modules"] = dict(blk._modules)
-            if sdpa_unsupported(blk.attn) is None:
-                b._modules["attn"] = SdpaAttention(blk.attn)
-            blocks.append(b)
-        view._modules["blocks"] = nn.ModuleList(blocks)
-        view.__dict__.pop(_VIEW_ATTR, None)
-        model.__dict__[_VIEW_ATTR] = view
+    view = copy.copy(model)
+    view.__dict__["_modules"] = dict(model._modules)
+    blocks = []
+    for blk in model.blocks:
+        b = copy.copy(blk)
+        b.__dict__["_modules"] = dict(blk._modules)
+        if sdpa_unsupported(blk.attn) is None:
+            b._modules["attn"] = SdpaAttention(blk.attn)
+        blocks.append(b)
+    view._modules["blocks"] = nn.ModuleList(blocks)
     return view
 
 
-def residual_forward(model, tokens: torch.Tensor, stop: int) -> torch.Tensor:
-    """The residual stream entering block ``stop`` (``blocks.{stop}.hook_resid_pre``), ``[b, pos, d_model]``."""
-    return sdpa_view(model)(tokens, stop_at_layer=stop)
+def residual_forward(view, tokens: torch.Tensor, stop: int) -> torch.Tensor:
+    """The residual stream entering block ``stop`` (``blocks.{stop}.hook_resid_pre``), ``[b, pos, d_model]``.
+
+    ``view``: :func:`sdpa_view` of the model. ``tokens`` are whole contexts without padding:
+    the embedding is given an all-ones mask, so a tokenizer that pads on the left does not
+    make TransformerLens guess padding from the token ids.
+    """
+    resid, _, shortformer, _ = view.input_to_embed(tokens, attention_mask=torch.ones_like(tokens))
+    return view(resid, start_at_layer=0, stop_at_layer=stop, shortformer_pos_embed=shortformer)
 
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3

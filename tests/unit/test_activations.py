@@ -33,7 +33,8 @@ def test_random_contexts_are_seeded_and_avoid_special_tokens(tiny_model):
 
 
 def test_compiled_forward_matches_eager_at_residual_hooks(tiny_model):
-    """torch.compile path: same activations as run_with_cache, a padded last batch, clear refusals."""
+    """torch.compile path: same activations as the eager path (itself checked against
+    run_with_cache in test_lm_forward), a padded last batch, clear refusals."""
     tokens = A.random_token_contexts(tiny_model, 5, 12, seed=3)
     for hook in ("blocks.1.hook_resid_post", "blocks.1.hook_resid_pre"):
         eager = torch.cat([a for a, _, _ in A.iter_activations(tiny_model, tokens, hook, batch_size=4,
