@@ -59,23 +59,29 @@ class Workspace:
 class _EncoderAt(torch.autograd.Function):
     """``xw[i, idx[i, j]] + bias[idx[i, j]]``, where ``xw = x @ W_enc`` was computed without autograd.
 
-    Backward: the ``[batch, k]`` gradient is scattered into a dense ``[batch, d_sae]`` matrix
-    (``repeats``: a row may name a latent twice, and the gradients add) and ``∂W_enc = xᵀ G`` is
-    one matmul in ``x``'s dtype; ``∂bias`` is an fp32 ``index_add_`` (autograd's own backward of
+    Backward: the ``[batch, k]`` gradient is scattered into a dense ``[batch, d_sae]`` matrix and
+    ``∂W_enc = xᵀ G`` is one matmul in ``x``'s dtype. ``idx``'s first ``n_unique`` columns name
+    distinct latents per row, and so do the rest (AuxK's), but a latent may be in both parts: the
+    second part is added to what the first wrote (1.5 ms at 1,024 × (32 + 288) entries, against
+    2.5 ms for index_put_'s ``accumulate``); ``∂bias`` is an fp32 ``index_add_`` (autograd's own backward of
     ``bias[idx]`` does the same sum ten times slower).
     """
 
     @staticmethod
-    def forward(ctx, W_enc, bias, x_lp, xw, idx, work, repeats):
+    def forward(ctx, W_enc, bias, x_lp, xw, idx, work, n_unique):
         ctx.save_for_backward(x_lp, idx)
-        ctx.d_sae, ctx.dtype, ctx.work, ctx.repeats = xw.shape[1], W_enc.dtype, work, repeats
+        ctx.d_sae, ctx.dtype, ctx.work, ctx.n_unique = xw.shape[1], W_enc.dtype, work, n_unique
         return xw.gather(1, idx).to(W_enc.dtype) + bias[idx]
 
     @staticmethod
     def backward(ctx, grad):
         x_lp, idx = ctx.saved_tensors
         dense = ctx.work.get("grad_pre", (grad.shape[0], ctx.d_sae), x_lp.dtype, grad.device)
-        _put(dense.zero_(), idx, grad.to(x_lp.dtype), accumulate=ctx.repeats)
+        g, k = grad.to(x_lp.dtype), ctx.n_unique
+        _put(dense.zero_(), idx[:, :k], g[:, :k])
+        if idx.shape[1] > k:
+            flat = _flat(dense, idx[:, k:])
+            dense.view(-1).index_put_((flat,), dense.view(-1)[flat] + g[:, k:].flatten())
         grad_W = (x_lp.T.contiguous() @ dense).to(ctx.dtype)  # contiguous: 2× faster
         grad_bias = grad.new_zeros(ctx.d_sae).index_add_(0, idx.flatten(), grad.flatten())
         return grad_W, grad_bias, None, None, None, None, None
@@ -113,12 +119,16 @@ class _DeadDecode(torch.autograd.Function):
         return grad_W, None, None, grad_vals, None, None
 
 
-def _put(dense: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor, accumulate: bool = False
-         ) -> torch.Tensor:
-    """``dense[i, idx[i, j]] = vals[i, j]`` (``+=`` when ``accumulate``), by index_put_ on the
-    flat view: scatter_ converts bf16 to fp32 and back on CPU, ten times slower."""
+def _flat(dense: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Positions of ``dense[i, idx[i, j]]`` in ``dense.view(-1)``, flattened."""
     rows = torch.arange(idx.shape[0], device=idx.device)[:, None] * dense.shape[1]
-    dense.view(-1).index_put_(((idx + rows).flatten(),), vals.flatten(), accumulate=accumulate)
+    return (idx + rows).flatten()
+
+
+def _put(dense: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """``dense[i, idx[i, j]] = vals[i, j]`` (distinct ``idx`` per row), by index_put_ on the flat
+    view: scatter_ converts bf16 to fp32 and back on CPU, ten times slower."""
+    dense.view(-1).index_put_((_flat(dense, idx),), vals.flatten())
     return dense
 
 
@@ -158,7 +168,9 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
     with torch.no_grad():
         W_lp = W_enc if lp == dt else work.get("W_enc", W_enc.shape, lp, x.device).copy_(W_enc)
         xw = torch.mm(x_lp, W_lp, out=work.get("xw", shape, lp, x.device))
-        hidden_pre = torch.add(xw, bias, out=work.get("hidden_pre", shape, dt, x.device))
+        # copy_ then add_: torch.add(xw, bias, out=) converts xw into a fresh fp32 tensor first
+        # (3.1 ms against 0.9 ms at 1,024 × 4,608, and 19 MB allocated per step).
+        hidden_pre = work.get("hidden_pre", shape, dt, x.device).copy_(xw).add_(bias)
         if norm is not None:
             hidden_pre.mul_(norm)
         idx = hidden_pre.topk(cfg.k, dim=-1, sorted=False).indices
@@ -169,7 +181,7 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
             aux_idx = dead_ids.expand(x.shape[0], -1) if pos is None else dead_ids[pos]
     # One gather for the TopK and the AuxK latents (a dead latent may be in both: gradients add).
     both = idx if aux_idx is None else torch.cat([idx, aux_idx], dim=1)
-    raw = _EncoderAt.apply(W_enc, bias, x_lp, xw, both, work, aux_idx is not None)
+    raw = _EncoderAt.apply(W_enc, bias, x_lp, xw, both, work, cfg.k)
     pre = raw[:, :cfg.k]
     # The decoder reads activation ÷ decoder norm when rescaling: that is the raw pre-activation.
     acts = (pre * norm[idx]).relu() if norm is not None else pre.relu()
