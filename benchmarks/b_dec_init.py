@@ -68,7 +68,7 @@ def main() -> None:
             (path,) = faithful.train_saes(model, dataset, seeds=(42,), n_tokens=n_tokens, profile=profile,
                                           out_dir=Path(tmp) / init, dataset_name=args.corpus,
                                           progress=False, b_dec_init=init)
-            rows = train._read_curves(path)
+            rows = train.read_curves(path)
             meta = storage.read_json(path / train.RUN_FILE)
             steps = max(1, n_tokens // profile.train_batch_size)
             dead = [r["dead_latents"] for r in rows]

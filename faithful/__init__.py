@@ -10,8 +10,8 @@ from .profiles import PROFILES, Profile, get_profile
 
 __version__ = "0.1.0"
 from .corpora import ALPACA_TEMPLATE, CORPORA, CorpusSpec, available_corpora, load_corpus
-from .train import (TrainSettings, list_runs, load_sae, plot_training_curves, run_dir,
-                    train_corpora, train_saes)
+from .runs import list_runs, plot_training_curves, run_dir
+from .train import TrainSettings, load_sae, train_corpora, train_saes
 from .fidelity import FidelityMatrix, FidelityResult, eval_contexts, fidelity_matrix, reconstruction_metrics
 from .matching import SFRResult, SFRTable, chance_sfr, decoder_matrix, random_decoder, sfr_table, shared_feature_ratio
 from .probing import INPUTS, TASKS, ProbeResult, ProbeTable, ProbeTask, load_task, probe, probe_table

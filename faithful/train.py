@@ -11,14 +11,13 @@ trainer steps on the same batch: the seed changes only the initialisation, as in
 Each run is written to ``runs/<model>/<dataset>/<hook>/<profile>/seed<N>/`` in SAELens format
 (``SAE.load_from_disk`` loads it) with ``faithful_run.json`` (model, dataset name and
 fingerprint, hook, tokens seen, seed, settings, profile; seconds in all, in the language model
-and in this seed's optimiser steps) and ``curves.jsonl`` (MSE, explained
-variance, L0, dead latents). A finished run is reused; an interrupted one resumes from its last
-checkpoint (``.seed<N>.resume/``, written atomically) and ends with the same weights as an
-uninterrupted run.
+and in this seed's optimiser steps) and ``curves.jsonl`` (MSE, explained variance, L0, dead
+latents); :mod:`faithful.runs` finds, lists and plots them. A finished run is reused; an
+interrupted one resumes from its last checkpoint (``.seed<N>.resume/``, written atomically) and
+ends with the same weights as an uninterrupted run.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -28,15 +27,15 @@ import torch
 
 from . import storage
 from .models import hook_name, model_name, sae_preset
+from .runs import (CURVES_FILE, RUN_FILE, dataset_label, list_runs,  # noqa: F401 (public here too)
+                   plot_training_curves, read_curves, run_dir, write_curves)
 from .saes import load_sae  # noqa: F401 (public here too)
 from .train_stream import (ActivationStream, load_trainer_state, pack_contexts,
                            save_trainer_state)
 
-RUN_FILE = "faithful_run.json"
 CHECKPOINT_SECONDS = 300
 """Default wall time between resumable checkpoints: a crash loses at most this much training,
 and short runs do not pay for checkpoints of every seed (Adam state included) they never need."""
-CURVES_FILE = "curves.jsonl"
 B_DEC_INITS = ("geometric_median", "zeros")
 """Ways to start the decoder bias. SmolLM2's residual stream has a large common component (at the
 ``cpu`` hook the median is ≈70 % as long as an average activation): from ``zeros`` it dominates
@@ -100,40 +99,6 @@ class TrainSettings:
     """The training step's implementation and version (a run made by another is not resumed)."""
 
 
-def dataset_label(dataset: str | Path) -> str:
-    """Folder name of a dataset given by name or path: a file loses only its data suffix
-    (``.jsonl.gz`` …), a folder keeps its whole name (``…-t1.5-p0.9-…`` stays distinct)."""
-    path = Path(dataset)
-    if not path.exists():
-        return str(dataset)
-    from .corpora import _stem
-
-    return path.name if path.is_dir() else _stem(path)
-
-
-def run_dir(model, dataset_name: str, hook: str, seed: int, profile=None) -> Path:
-    """``runs/<model>/<dataset>/<hook>/<profile>/seed<N>`` for a loaded model or a model name."""
-    from .profiles import get_profile
-
-    prof = profile if isinstance(profile, str) else (profile or get_profile()).name
-    name = model if isinstance(model, str) else model_name(model)
-    return storage.runs_dir() / name / dataset_name / hook / prof / f"seed{seed}"
-
-
-def list_runs(model=None, dataset_name: str | None = None, profile=None) -> list[dict]:
-    """Finished runs under ``runs/`` (optionally filtered), each ``faithful_run.json`` + ``path``."""
-    out = []
-    for meta_path in sorted(storage.runs_dir().glob(f"*/*/*/*/seed*/{RUN_FILE}")):
-        meta = storage.read_json(meta_path)
-        s = meta["settings"]
-        prof = profile if isinstance(profile, str) or profile is None else profile.name
-        if ((model is None or s["model"] == (model if isinstance(model, str) else model_name(model)))
-                and (dataset_name is None or s["dataset"] == dataset_name)
-                and (prof is None or s["profile"] == prof)):
-            out.append({**meta, "path": str(meta_path.parent)})
-    return out
-
-
 def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None, lr=None,
                n_tokens=None, context_size=None, batch_size=None, architecture="topk",
                out_dir=None, dataset_name=None, profile=None, progress=True,
@@ -188,29 +153,6 @@ def train_corpora(model, profile=None, *, progress=True, overwrite=False) -> dic
     profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
     return {name: train_saes(model, name, seeds=profile.seeds, profile=profile, progress=progress,
                              overwrite=overwrite) for name in profile.corpora}
-
-
-def plot_training_curves(runs, metrics=("mse", "explained_variance", "l0", "dead_latents"), path=None):
-    """One panel per metric, one line per run (checkpoint folders or ``list_runs`` dicts)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
-    for run in runs:
-        folder = Path(run["path"] if isinstance(run, dict) else run)
-        rows = _read_curves(folder)
-        meta = storage.read_json(folder / RUN_FILE)
-        label = f"{meta['settings']['dataset']} s{meta['seed']}"
-        for ax, m in zip(axes, metrics):
-            ax.plot([r["tokens"] for r in rows], [r[m] for r in rows], label=label)
-    for ax, m in zip(axes, metrics):
-        ax.set_title(m.replace("_", " "))
-        ax.set_xlabel("training tokens")
-    axes[0].set_yscale("log")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        storage.save_figure(fig, path)
-    return fig
 
 
 def make_sae(settings: TrainSettings, seed: int, device: str = "cpu"):
@@ -354,7 +296,7 @@ class _Run:
             with storage.atomic_dir(self.resume_dir(seed), overwrite=True) as tmp:
                 tr.sae.save_model(tmp)
                 save_trainer_state(tr, tmp)
-                _write_curves(tmp, self.curves[seed])
+                write_curves(tmp, self.curves[seed])
                 storage.write_json(tmp / "resume.json", {"settings": asdict(self.s), "step": step,
                                                         "stream": self.stream.state()})
 
@@ -373,7 +315,7 @@ class _Run:
             folder = self.resume_dir(seed)
             tr.sae.load_weights_from_checkpoint(folder)
             load_trainer_state(tr, folder)
-            self.curves[seed] = _read_curves(folder)
+            self.curves[seed] = read_curves(folder)
         self.stream.load_state(metas[0]["stream"])
         return int(metas[0]["step"])
 
@@ -385,7 +327,7 @@ class _Run:
             tr.set_final_sae_metadata()
             with storage.atomic_dir(self.dirs[seed], overwrite=True) as tmp:
                 sae.save_inference_model(tmp)
-                _write_curves(tmp, self.curves[seed])
+                write_curves(tmp, self.curves[seed])
                 storage.write_json(tmp / RUN_FILE, {
                     "settings": asdict(self.s), "seed": seed, "tokens_seen": tr.n_training_samples,
                     "epochs": self.epochs, "seconds": time.perf_counter() - self.t_start,
@@ -409,12 +351,3 @@ def geometric_median(points: torch.Tensor, max_iter: int = 200, tol: float = 1e-
         if done:
             break
     return guess.to(points.dtype)
-
-
-def _write_curves(folder: Path, rows: list[dict]) -> None:
-    (folder / CURVES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _read_curves(folder: Path) -> list[dict]:
-    path = folder / CURVES_FILE
-    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.is_file() else []

@@ -221,16 +221,3 @@ def test_corpus_by_name_and_token_ids_rows(tiny_model, home, monkeypatch):
     assert contexts[4].tolist() == [0, 60, 70, 0, 80, 90, 80, 90]  # documents joined by the start token
     with pytest.raises(ValueError, match="special tokens only"):
         pack_contexts(tiny_model, datasets.Dataset.from_dict({"token_ids": [[1, 2, 3]]}), 8, 40)
-
-
-def test_dataset_label_keeps_decimal_settings(tmp_path):
-    from faithful.train import dataset_label
-
-    a = tmp_path / "faithful-smollm2-135m-bos-t1.5-p0.9-len256-s42"
-    b = tmp_path / "faithful-smollm2-135m-bos-t1.2-p0.9-len256-s42"
-    a.mkdir(), b.mkdir()
-    assert dataset_label(a) == a.name and dataset_label(a) != dataset_label(b)
-    f = tmp_path / "wiki.v2.jsonl.gz"
-    f.write_bytes(b"")
-    assert dataset_label(f) == "wiki.v2"
-    assert dataset_label("wikipedia_en_sample") == "wikipedia_en_sample"

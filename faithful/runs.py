@@ -1,0 +1,87 @@
+"""Where training runs live and what is read back from them.
+
+A run is one folder per (model, dataset, hook, profile, seed):
+``runs/<model>/<dataset>/<hook>/<profile>/seed<N>/`` (``$FAITHFUL_HOME/runs`` or the
+repository's ``runs/``), holding the SAE in SAELens format, :data:`RUN_FILE` (settings, seed,
+tokens seen, timings, final metrics) and :data:`CURVES_FILE` (one JSON row per logged step:
+MSE, AuxK loss, explained variance, L0, dead latents). :func:`faithful.train_saes` writes
+them; this module finds, lists and plots them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import storage
+from .models import model_name
+
+RUN_FILE = "faithful_run.json"
+CURVES_FILE = "curves.jsonl"
+
+
+def dataset_label(dataset: str | Path) -> str:
+    """Folder name of a dataset given by name or path: a file loses only its data suffix
+    (``.jsonl.gz`` …), a folder keeps its whole name (``…-t1.5-p0.9-…`` stays distinct)."""
+    path = Path(dataset)
+    if not path.exists():
+        return str(dataset)
+    from .corpora import _stem
+
+    return path.name if path.is_dir() else _stem(path)
+
+
+def run_dir(model, dataset_name: str, hook: str, seed: int, profile=None) -> Path:
+    """``runs/<model>/<dataset>/<hook>/<profile>/seed<N>`` for a loaded model or a model name."""
+    from .profiles import get_profile
+
+    prof = profile if isinstance(profile, str) else (profile or get_profile()).name
+    name = model if isinstance(model, str) else model_name(model)
+    return storage.runs_dir() / name / dataset_name / hook / prof / f"seed{seed}"
+
+
+def list_runs(model=None, dataset_name: str | None = None, profile=None) -> list[dict]:
+    """Finished runs under ``runs/`` (optionally filtered), each ``faithful_run.json`` + ``path``."""
+    out = []
+    for meta_path in sorted(storage.runs_dir().glob(f"*/*/*/*/seed*/{RUN_FILE}")):
+        meta = storage.read_json(meta_path)
+        s = meta["settings"]
+        prof = profile if isinstance(profile, str) or profile is None else profile.name
+        if ((model is None or s["model"] == (model if isinstance(model, str) else model_name(model)))
+                and (dataset_name is None or s["dataset"] == dataset_name)
+                and (prof is None or s["profile"] == prof)):
+            out.append({**meta, "path": str(meta_path.parent)})
+    return out
+
+
+def plot_training_curves(runs, metrics=("mse", "explained_variance", "l0", "dead_latents"), path=None):
+    """One panel per metric, one line per run (checkpoint folders or ``list_runs`` dicts)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+    for run in runs:
+        folder = Path(run["path"] if isinstance(run, dict) else run)
+        rows = read_curves(folder)
+        meta = storage.read_json(folder / RUN_FILE)
+        label = f"{meta['settings']['dataset']} s{meta['seed']}"
+        for ax, m in zip(axes, metrics):
+            ax.plot([r["tokens"] for r in rows], [r[m] for r in rows], label=label)
+    for ax, m in zip(axes, metrics):
+        ax.set_title(m.replace("_", " "))
+        ax.set_xlabel("training tokens")
+    axes[0].set_yscale("log")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        storage.save_figure(fig, path)
+    return fig
+
+
+def write_curves(folder: Path, rows: list[dict]) -> None:
+    """Write ``rows`` (one dict per logged step) to ``folder``'s :data:`CURVES_FILE`."""
+    (folder / CURVES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_curves(folder: Path) -> list[dict]:
+    """The rows of ``folder``'s :data:`CURVES_FILE` (none if it has no curves yet)."""
+    path = folder / CURVES_FILE
+    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.is_file() else []
