@@ -38,8 +38,8 @@ def _reference(sae, x, dead, autocast=False):
             sae_in=x, dead_neuron_mask=dead, coefficients={}, n_training_steps=0, is_logging_step=False))
 
 
-# none, fewer than d_in/2, more than d_in/2, all (each TopK latent is also an AuxK candidate)
-@pytest.mark.parametrize("n_dead", [0, 3, 60, D_SAE])
+# none, fewer than d_in/2, a few more, many more, all (each TopK latent is also an AuxK candidate)
+@pytest.mark.parametrize("n_dead", [0, 3, D_IN // 2 + 2, 60, D_SAE])
 @pytest.mark.parametrize("cfg", [{}, {"rescale_acts_by_decoder_norm": False}, {"apply_b_dec_to_input": False},
                                  {"rescale_acts_by_decoder_norm": False, "apply_b_dec_to_input": False}])
 def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg):
