@@ -4,6 +4,8 @@
    ``torch.compile`` (what training uses at the ``cpu`` profile), against the bf16 ceiling:
    FLOP/token of the blocks up to the hook (2 × their matmul parameters + causal attention) over
    the bf16 matmul GFLOP/s of a 2048² product measured here, now. Target: ≥ 60 % of the ceiling.
+   Also printed: the rate of the model's weight matmuls alone at their own (narrower) shapes,
+   which is what the LM could reach if everything else it does were free.
 2. One SAE optimiser step on real activations: SAELens's ``SAETrainer`` against ours
    (:class:`faithful.topk_step.TopKTrainer`), with and without dead latents (AuxK).
 3. Cost of two seeds trained together (one LM pass per batch, ``train_saes(seeds=(42, 49))``)
@@ -48,6 +50,35 @@ def bf16_gflops(n: int = 2048, reps: int = 5, trials: int = 7) -> tuple[float, f
             a @ b
         rates.append(2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9)
     return statistics.median(rates), max(rates)
+
+
+def shaped_matmul_tokens_per_second(model, layer: int, n_tokens: int = 4096, reps: int = 5) -> float:
+    """Tokens/s if blocks 0..layer did nothing but their weight matmuls, in bf16, at the shapes
+    the LM runs them (``[n_tokens, d_in] @ [d_in, d_out]``; Q/K/V and MLP-in as TL splits them).
+
+    Small ``d_in``/``d_out`` run below the 2048² rate: this is the ceiling the LM's own matmuls allow.
+    """
+    shapes = []
+    for blk in model.blocks[: layer + 1]:
+        for name, p in blk.named_parameters():
+            if p.dim() == 2:  # MLP: [d_in, d_out]
+                shapes.append(tuple(p.shape))
+            elif p.dim() == 3:  # attention: W_Q/K/V [heads, d_model, d_head], W_O [heads, d_head, d_model]
+                h, a, b = p.shape
+                shapes.append((h * a, b) if name.endswith("W_O") else (a, h * b))
+    total = 0.0
+    for d_in, d_out in set(shapes):
+        x = torch.randn(n_tokens, d_in, dtype=torch.bfloat16)
+        w = torch.randn(d_in, d_out, dtype=torch.bfloat16)
+        x @ w
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(reps):
+                x @ w
+            times.append((time.perf_counter() - t) / reps)
+        total += min(times) * shapes.count((d_in, d_out))
+    return n_tokens / total
 
 
 def flops_per_token(model, layer: int, context_size: int) -> float:
@@ -174,13 +205,17 @@ def main() -> None:
     print(f"\nLM forward to {hook}: {fpt / 1e9:.3f} GFLOP/token; bf16 matmul {median:.0f} GFLOP/s "
           f"(median of 7), {best:.0f} (best) -> ceiling {ceilings['median']:,.0f} / "
           f"{ceilings['best']:,.0f} tok/s")
+    shaped = shaped_matmul_tokens_per_second(model, preset.layer)
+    print(f"  the model's weight matmuls alone, bf16 at their own shapes (4,096 x d_in @ d_in x d_out): "
+          f"{shaped:,.0f} tok/s = {shaped / ceilings['best']:.0%} of the best ceiling")
     lm_rates = {}
     for compiled in (False, True):
         rate, warm = lm_tokens_per_second(model, contexts[:256], hook, compile=compiled)
         lm_rates[compiled] = rate
         print(f"  {'torch.compile' if compiled else 'eager autocast'}: {rate:,.0f} tok/s = "
               f"{rate / ceilings['median']:.0%} of the median ceiling, {rate / ceilings['best']:.0%} "
-              "of the best (target >= 60%)" + (f"; first call (compilation) {warm:.0f} s" if compiled else ""))
+              f"of the best (target >= 60%), {rate / shaped:.0%} of the shaped matmuls alone"
+              + (f"; first call (compilation) {warm:.0f} s" if compiled else ""))
     print(f"  compiled / eager: {lm_rates[True] / lm_rates[False]:.2f}x")
 
     from sae_lens.training.sae_trainer import SAETrainer
