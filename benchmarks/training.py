@@ -4,8 +4,8 @@
    ``torch.compile`` (what training uses at the ``cpu`` profile), against the bf16 ceiling:
    FLOP/token of the blocks up to the hook (2 × their matmul parameters + causal attention) over
    the bf16 matmul GFLOP/s of a 2048² product measured here, now. Target: ≥ 60 % of the ceiling.
-   Both are timed several times: the LM's median is set against the ceiling's median, its best
-   against the best.
+   Both are timed several times (the ceiling before and after the LM, pooled): the LM's median
+   is set against the ceiling's median, its best against the best.
    Also printed: the rate of the model's weight matmuls alone at their own (narrower) shapes,
    which is what the LM could reach if everything else it does were free.
 2. One SAE optimiser step on real activations: SAELens's ``SAETrainer`` against ours
@@ -38,10 +38,11 @@ from faithful.topk_step import TopKTrainer
 from faithful.train_stream import LM_BATCH, pack_contexts
 
 
-def bf16_gflops(n: int = 2048, reps: int = 5, trials: int = 7) -> tuple[float, float]:
-    """(median, best) bf16 matmul GFLOP/s over ``trials`` timings of a 2048² product.
+def bf16_gflops(n: int = 2048, reps: int = 5, trials: int = 7) -> list[float]:
+    """bf16 matmul GFLOP/s of ``trials`` timings of a 2048² product.
 
-    On this shared machine the two differ by up to 2× from run to run: both are printed.
+    On this shared machine the median differs by up to 2× from run to run, and a neighbour's burst
+    can depress a whole window: the benchmark times this before and after the LM and pools them.
     """
     a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
     a @ b
@@ -51,7 +52,7 @@ def bf16_gflops(n: int = 2048, reps: int = 5, trials: int = 7) -> tuple[float, f
         for _ in range(reps):
             a @ b
         rates.append(2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates), max(rates)
+    return rates
 
 
 _MATMUL_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
@@ -215,21 +216,27 @@ def main() -> None:
     dataset = faithful.load_corpus(args.corpus)
     contexts, _, _ = pack_contexts(model, dataset, preset.context_size, args.tokens)
 
-    median, best = bf16_gflops()
+    # The ceilings are timed before and after the LM, and pooled: a burst of load in one window
+    # would otherwise make the LM look closer to the ceiling than it is.
     fpt = flops_per_token(model, preset.layer, preset.context_size)
-    ceilings = {"median": median * 1e9 / fpt, "best": best * 1e9 / fpt}
-    print(f"\nLM forward to {hook}: {fpt / 1e9:.3f} GFLOP/token; bf16 matmul {median:.0f} GFLOP/s "
-          f"(median of 7), {best:.0f} (best) -> ceiling {ceilings['median']:,.0f} / "
-          f"{ceilings['best']:,.0f} tok/s")
     lm_tokens = LM_BATCH * preset.context_size
-    shaped = dict(zip(("median", "best"), shaped_matmul_tokens_per_second(model, preset.layer, lm_tokens)))
+    gflops = bf16_gflops()
+    shaped_runs = [shaped_matmul_tokens_per_second(model, preset.layer, lm_tokens)]
+    lm = {compiled: lm_tokens_per_second(model, contexts[:256], hook, compile=compiled,
+                                         passes=5 if compiled else 3) for compiled in (False, True)}
+    gflops += bf16_gflops()
+    shaped_runs.append(shaped_matmul_tokens_per_second(model, preset.layer, lm_tokens))
+    median, best = statistics.median(gflops), max(gflops)
+    ceilings = {"median": median * 1e9 / fpt, "best": best * 1e9 / fpt}
+    shaped = {"median": statistics.mean(m for m, _ in shaped_runs), "best": max(b for _, b in shaped_runs)}
+    print(f"\nLM forward to {hook}: {fpt / 1e9:.3f} GFLOP/token; bf16 matmul {median:.0f} GFLOP/s "
+          f"(median of {len(gflops)}, before and after the LM), {best:.0f} (best) -> ceiling "
+          f"{ceilings['median']:,.0f} / {ceilings['best']:,.0f} tok/s")
     print(f"  the model's weight matmuls alone, bf16 at their own shapes ({lm_tokens:,} "
           f"x d_in @ d_in x d_out): {shaped['median']:,.0f} tok/s median, {shaped['best']:,.0f} best = "
           f"{shaped['best'] / ceilings['best']:.0%} of the best ceiling")
     lm_rates = {}
-    for compiled in (False, True):
-        median_rate, best_rate, warm = lm_tokens_per_second(model, contexts[:256], hook, compile=compiled,
-                                                            passes=5 if compiled else 3)
+    for compiled, (median_rate, best_rate, warm) in lm.items():
         lm_rates[compiled] = median_rate
         print(f"  {'torch.compile' if compiled else 'eager autocast'}: {median_rate:,.0f} tok/s median "
               f"= {median_rate / ceilings['median']:.0%} of the median ceiling, best {best_rate:,.0f} = "
