@@ -27,6 +27,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -38,28 +39,33 @@ from faithful.topk_step import TopKTrainer
 from faithful.train_stream import LM_BATCH, pack_contexts
 
 
-def bf16_gflops(n: int = 2048, reps: int = 5, trials: int = 7) -> list[float]:
+def matmul_seconds(a: torch.Tensor, b: torch.Tensor, reps: int = 5, trials: int = 7) -> list[float]:
+    """Seconds per ``a @ b`` in each of ``trials`` timings of ``reps`` products, after one warm-up."""
+    a @ b
+    times = []
+    for _ in range(trials):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        times.append((time.perf_counter() - t) / reps)
+    return times
+
+
+def bf16_gflops(n: int = 2048, trials: int = 7) -> list[float]:
     """bf16 matmul GFLOP/s of ``trials`` timings of a 2048² product.
 
     On this shared machine the median differs by up to 2× from run to run, and a neighbour's burst
     can depress a whole window: the benchmark times this before and after the LM and pools them.
     """
     a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    a @ b
-    rates = []
-    for _ in range(trials):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        rates.append(2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9)
-    return rates
+    return [2 * n ** 3 / t / 1e9 for t in matmul_seconds(a, b, trials=trials)]
 
 
 _MATMUL_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
 
 
-def shaped_matmul_tokens_per_second(model, layer: int, n_tokens: int = 4096, reps: int = 5,
-                                    trials: int = 5) -> tuple[float, float]:
+def shaped_matmul_tokens_per_second(model, layer: int, n_tokens: int = 4096, trials: int = 5
+                                    ) -> tuple[float, float]:
     """(median, best) tokens/s if blocks 0..layer did nothing but their weight matmuls, in bf16,
     at the shapes the LM runs them (``[n_tokens, d_in] @ [d_in, d_out]``; Q, K, V and the MLP's
     gate and input as TransformerLens runs them, K/V at the key-value heads' width).
@@ -78,18 +84,11 @@ def shaped_matmul_tokens_per_second(model, layer: int, n_tokens: int = 4096, rep
                 h, a, b = p.shape
                 shapes.append((h * a, b) if name.endswith("W_O") else (a, h * b))
     median = best = 0.0
-    for d_in, d_out in set(shapes):
-        x = torch.randn(n_tokens, d_in, dtype=torch.bfloat16)
-        w = torch.randn(d_in, d_out, dtype=torch.bfloat16)
-        x @ w
-        times = []
-        for _ in range(trials):
-            t = time.perf_counter()
-            for _ in range(reps):
-                x @ w
-            times.append((time.perf_counter() - t) / reps)
-        median += statistics.median(times) * shapes.count((d_in, d_out))
-        best += min(times) * shapes.count((d_in, d_out))
+    for (d_in, d_out), count in Counter(shapes).items():
+        times = matmul_seconds(torch.randn(n_tokens, d_in, dtype=torch.bfloat16),
+                               torch.randn(d_in, d_out, dtype=torch.bfloat16), trials=trials)
+        median += statistics.median(times) * count
+        best += min(times) * count
     return n_tokens / median, n_tokens / best
 
 

@@ -63,8 +63,8 @@ class _EncoderAt(torch.autograd.Function):
     ``∂W_enc = xᵀ G`` is one matmul in ``x``'s dtype. ``idx``'s first ``n_unique`` columns name
     distinct latents per row, and so do the rest (AuxK's), but a latent may be in both parts: the
     second part is added to what the first wrote (1.5 ms at 1,024 × (32 + 288) entries, against
-    2.5 ms for index_put_'s ``accumulate``); ``∂bias`` is an fp32 ``index_add_`` (autograd's own backward of
-    ``bias[idx]`` does the same sum ten times slower).
+    2.5 ms for index_put_'s ``accumulate``); ``∂bias`` is an fp32 ``index_add_`` (autograd's own
+    backward of ``bias[idx]`` does the same sum ten times slower).
     """
 
     @staticmethod
