@@ -7,7 +7,9 @@
    Both are timed several times (the ceiling before and after the LM, pooled): the LM's median
    is set against the ceiling's median, its best against the best.
    Also printed: the rate of the model's weight matmuls alone at their own (narrower) shapes,
-   which is what the LM could reach if everything else it does were free.
+   which is what the LM could reach if everything else it does were free; and the plain
+   baseline, Hugging Face ``transformers``' own implementation of the model cut at the same
+   block, timed the same way (ours / baseline).
 2. One SAE optimiser step on real activations: SAELens's ``SAETrainer`` against ours
    (:class:`faithful.topk_step.TopKTrainer`), with and without dead latents (AuxK).
 3. Cost of two seeds trained together (one LM pass per batch, ``train_saes(seeds=(42, 49))``)
@@ -100,21 +102,67 @@ def flops_per_token(model, layer: int, context_size: int) -> float:
     return 2 * params + attn
 
 
-def lm_tokens_per_second(model, contexts, hook: str, batch_size: int = LM_BATCH, compile: bool = False,
-                         passes: int = 5) -> tuple[float, float, float]:
-    """(median, best) tokens/s over ``passes`` passes through ``contexts``, and the seconds of the
-    warm-up call (which compiles when ``compile``). Median and best, like the ceiling's, so that
-    each is compared with its own kind."""
+def timed_passes(one_pass, contexts, batch_size: int = LM_BATCH, passes: int = 5) -> tuple[float, float, float]:
+    """(median, best) tokens/s of ``passes`` calls of ``one_pass(contexts)``, and the seconds of a
+    warm-up call on one batch (which compiles, when compiled). Median and best, like the
+    ceiling's, so that each is compared with its own kind."""
     t = time.perf_counter()
-    list(iter_activations(model, contexts[:batch_size], hook, batch_size=batch_size, compile=compile))
+    one_pass(contexts[:batch_size])
     warm = time.perf_counter() - t
     rates = []
     for _ in range(passes):
         t = time.perf_counter()
-        for _ in iter_activations(model, contexts, hook, batch_size=batch_size, compile=compile):
-            pass
+        one_pass(contexts)
         rates.append(contexts.numel() / (time.perf_counter() - t))
     return statistics.median(rates), max(rates), warm
+
+
+def lm_tokens_per_second(model, contexts, hook: str, batch_size: int = LM_BATCH, compile: bool = False,
+                         passes: int = 5) -> tuple[float, float, float]:
+    """:func:`timed_passes` of faithful's forward pass to ``hook`` (``iter_activations``)."""
+    def one_pass(toks):
+        for _ in iter_activations(model, toks, hook, batch_size=batch_size, compile=compile):
+            pass
+    return timed_passes(one_pass, contexts, batch_size, passes)
+
+
+def hf_baseline(model, name: str, contexts, hook: str, passes: int = 5) -> dict | str:
+    """The plain baseline: Hugging Face ``transformers``' own model (SDPA attention), cut after the
+    hook's block and without its final norm, timed as ours is (bf16 autocast, eager and through
+    ``torch.compile`` with freezing). Returns ``{compiled: (median, best, warm)}`` and how far its
+    activations are from ours, or why it could not run."""
+    import torch._inductor.config as inductor_config
+    from transformers import AutoModelForCausalLM
+
+    from faithful.activations import autocast_context, residual_stop
+    from faithful.models import _official_name, ensure_embedded_model
+
+    source = (ensure_embedded_model() if name == faithful.EMBEDDED
+              else Path(name) if Path(name).is_dir() else _official_name(name))
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
+                                                  attn_implementation="sdpa").eval()
+    except OSError as err:
+        return f"transformers could not load {source}: {str(err).splitlines()[0]}"
+    base = hf.base_model
+    if not (hasattr(base, "layers") and hasattr(base, "norm")):
+        return f"{type(base).__name__} has no .layers/.norm to cut after the hook's block"
+    base.layers, base.norm = base.layers[: residual_stop(hook)], torch.nn.Identity()
+
+    def forward(toks):
+        return base(input_ids=toks, use_cache=False).last_hidden_state
+    compiled = torch.compile(forward, dynamic=False)
+
+    def run(fn, toks):
+        with torch.no_grad(), autocast_context(model), inductor_config.patch(freezing=True):
+            return torch.cat([fn(toks[i:i + LM_BATCH]) for i in range(0, len(toks), LM_BATCH)])
+    ours = next(iter_activations(model, contexts[:LM_BATCH], hook, batch_size=LM_BATCH))[0]
+    theirs = run(forward, contexts[:LM_BATCH]).float()
+    result = {"rel_err": ((theirs - ours).norm() / ours.norm()).item()}
+    for is_compiled, fn in ((False, forward), (True, compiled)):
+        result[is_compiled] = timed_passes(lambda toks, fn=fn: run(fn, toks), contexts, LM_BATCH,
+                                           passes if is_compiled else 3)
+    return result
 
 
 def sae_step_ms(cls, settings, acts, batch_size: int, n_dead: int, steps: int = 10) -> float:
@@ -223,6 +271,7 @@ def main() -> None:
     shaped_runs = [shaped_matmul_tokens_per_second(model, preset.layer, lm_tokens)]
     lm = {compiled: lm_tokens_per_second(model, contexts[:256], hook, compile=compiled,
                                          passes=5 if compiled else 3) for compiled in (False, True)}
+    hf = hf_baseline(model, args.model, contexts[:256], hook)
     gflops += bf16_gflops()
     shaped_runs.append(shaped_matmul_tokens_per_second(model, preset.layer, lm_tokens))
     median, best = statistics.median(gflops), max(gflops)
@@ -243,6 +292,16 @@ def main() -> None:
               f"alone {median_rate / shaped['median']:.0%} / {best_rate / shaped['best']:.0%}"
               + (f"; first call (compilation) {warm:.0f} s" if compiled else ""))
     print(f"  compiled / eager: {lm_rates[True] / lm_rates[False]:.2f}x")
+    if isinstance(hf, str):
+        print(f"  plain baseline (transformers' own model) skipped: {hf}")
+    else:
+        print(f"  plain baseline, transformers' own model to the same block (SDPA; activations within "
+              f"{hf['rel_err']:.1e} of ours, relative):")
+        for compiled in (False, True):
+            median_rate, best_rate, _ = hf[compiled]
+            print(f"    {'torch.compile' if compiled else 'eager autocast'}: {median_rate:,.0f} tok/s median "
+                  f"= {best_rate / ceilings['best']:.0%} of the best ceiling at its best ({best_rate:,.0f}); "
+                  f"ours / baseline {lm_rates[compiled] / median_rate:.2f}x (medians)")
 
     from sae_lens.training.sae_trainer import SAETrainer
     acts = collect_activations(model, contexts[:96], hook, batch_size=LM_BATCH, compile=profile.compile_lm)
