@@ -13,7 +13,7 @@ the feature browser) goes through these functions, so the rules live in one plac
   (TransformerLens's blocks with fused SDPA attention; the same activations, faster); other
   hooks, and padded batches, by ``run_with_cache``;
 * ``compile=True`` runs the forward pass to a residual-stream hook through ``torch.compile``
-  (:func:`compiled_forward`): on this CPU ≈2× the eager speed, because the fp32 elementwise
+  (:func:`compiled_forward`): on this CPU ≈2.4× the eager speed, because the fp32 elementwise
   work around the bf16 matmuls (RMSNorm, rotary, reshapes) is fused and the weights are
   prepacked. It compiles once per model, hook and batch shape (≈1 min for SmolLM2 on 2
   cores; PyTorch caches compiled code on disk, so a later process compiles faster);

@@ -9,8 +9,7 @@ model through a *view* of it whose blocks call ``torch.nn.functional.scaled_dot_
 instead (≈ 3.9 ms per layer, and no pattern tensor). Everything else is TransformerLens's own
 code: the view shares the model's modules and weights, its blocks run
 ``TransformerBlock.forward``, and its attention reuses the module's own Q/K/V projection,
-QK-norm and rotary embedding. Gated MLPs run as :class:`GatedMlpView`, the same arithmetic
-without TransformerLens's per-call weight copies (bit for bit the same result). In fp32 the result equals ``run_with_cache`` to ≈ 1e-6
+QK-norm and rotary embedding. In fp32 the result equals ``run_with_cache`` to ≈ 1e-6
 (``tests/unit/test_lm_forward.py``); under bf16 autocast SDPA is, if anything, closer to fp32.
 
 Attention that is not plain causal softmax attention (ALiBi, local windows, soft-capped
@@ -88,42 +87,13 @@ class SdpaAttention(nn.Module):
         return F.linear(z.to(w.dtype), w, a.b_O)
 
 
-class GatedMlpView(nn.Module):
-    """A gated MLP's forward pass (``act(x W_gate) · (x W_in) + b_in``, then ``W_out``) without its hooks.
-
-    TransformerLens's ``GatedMLP`` copies each of its three weights transposed on every call
-    (``W.T.contiguous()``, to match HF's layout in bf16 models), and under autocast adds the fp32
-    ``b_in`` to the bf16 product, which makes a fresh fp32 ``[batch, pos, d_mlp]`` tensor. Here the
-    weights are read transposed in place and ``b_in`` is added into the product, which rounds
-    once to its dtype, as the next linear's autocast cast would (≈ 1.3× the eager LM's speed).
-    """
-
-    def __init__(self, mlp):
-        super().__init__()
-        self.mlp = mlp
-
-    def forward(self, x):
-        m = self.mlp
-        post = m.act_fn(F.linear(x, m.W_gate.T)) * F.linear(x, m.W_in.T)
-        return F.linear(post.add_(m.b_in), m.W_out.T, m.b_out)
-
-
-def _gated_mlp_view(mlp):
-    """:class:`GatedMlpView` of ``mlp`` when it is TL's plain gated MLP on one device, else ``mlp``."""
-    from transformer_lens.components.mlps.gated_mlp import GatedMLP
-
-    plain = type(mlp) is GatedMLP and not mlp.cfg.is_layer_norm_activation() and mlp.cfg.n_devices == 1
-    return GatedMlpView(mlp) if plain else mlp
-
-
 def sdpa_view(model):
-    """A shallow copy of ``model`` whose supported attention modules run through SDPA
-    (and whose gated MLPs through :class:`GatedMlpView`).
+    """A shallow copy of ``model`` whose supported attention modules run through SDPA.
 
     Shares every parameter and module with ``model`` (nothing is copied but the containers),
     so it follows in-place changes to the weights, not modules swapped in later (folding
     LayerNorm, splicing an SAE): build a new view after those. Cheap (≈ 1 ms). Hooks on
-    attention scores, patterns and ``hook_z``, and inside gated MLPs, do not fire in it.
+    attention scores, patterns and ``hook_z`` do not fire in it.
     """
     view = copy.copy(model)
     view.__dict__["_modules"] = dict(model._modules)
@@ -133,8 +103,6 @@ def sdpa_view(model):
         b.__dict__["_modules"] = dict(blk._modules)
         if sdpa_unsupported(blk.attn) is None:
             b._modules["attn"] = SdpaAttention(blk.attn)
-        if "mlp" in blk._modules:
-            b._modules["mlp"] = _gated_mlp_view(blk.mlp)
         blocks.append(b)
     view._modules["blocks"] = nn.ModuleList(blocks)
     return view

@@ -38,7 +38,7 @@ class Profile:
     train_batch_size: int = 1024
     """Activation tokens per SAE optimiser step."""
     compile_lm: bool = True
-    """Compile the language model's forward pass for SAE training (``torch.compile``: ≈2× on
+    """Compile the language model's forward pass for SAE training (``torch.compile``: ≈2.4× on
     CPU after a one-off compilation of about 1 min; needs a C/C++ compiler). Off for ``smoke``
     (tests) and ``paper`` (not yet checked on a GPU)."""
     eval_tokens: int = 20_000
