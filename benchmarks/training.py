@@ -135,19 +135,23 @@ def hf_baseline(model, name: str, contexts, hook: str, passes: int = 5) -> dict 
     from transformers import AutoModelForCausalLM
 
     from faithful.activations import autocast_context, residual_stop
-    from faithful.models import _official_name, ensure_embedded_model
+    from faithful.models import TINY, _official_name, ensure_embedded_model
 
-    source = (ensure_embedded_model() if name == faithful.EMBEDDED
-              else Path(name) if Path(name).is_dir() else _official_name(name))
+    stop = residual_stop(hook)
+    if name == TINY or stop is None:
+        return f"no transformers model for {name!r} at {hook}"
     try:
+        local = Path(name).expanduser()
+        source = (ensure_embedded_model() if name == faithful.EMBEDDED
+                  else local if local.is_dir() else _official_name(name))
         hf = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
                                                   attn_implementation="sdpa").eval()
-    except OSError as err:
-        return f"transformers could not load {source}: {str(err).splitlines()[0]}"
+    except Exception as err:  # offline, an architecture without SDPA, …: the baseline is optional
+        return f"transformers could not load {name!r}: {str(err).splitlines()[0]}"
     base = hf.base_model
     if not (hasattr(base, "layers") and hasattr(base, "norm")):
         return f"{type(base).__name__} has no .layers/.norm to cut after the hook's block"
-    base.layers, base.norm = base.layers[: residual_stop(hook)], torch.nn.Identity()
+    base.layers, base.norm = base.layers[:stop], torch.nn.Identity()
 
     def forward(toks):
         return base(input_ids=toks, use_cache=False).last_hidden_state
