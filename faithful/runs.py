@@ -41,13 +41,13 @@ def run_dir(model, dataset_name: str, hook: str, seed: int, profile=None) -> Pat
 
 def list_runs(model=None, dataset_name: str | None = None, profile=None) -> list[dict]:
     """Finished runs under ``runs/`` (optionally filtered), each ``faithful_run.json`` + ``path``."""
+    name = model if isinstance(model, str) or model is None else model_name(model)
+    prof = profile if isinstance(profile, str) or profile is None else profile.name
     out = []
     for meta_path in sorted(storage.runs_dir().glob(f"*/*/*/*/seed*/{RUN_FILE}")):
         meta = storage.read_json(meta_path)
         s = meta["settings"]
-        prof = profile if isinstance(profile, str) or profile is None else profile.name
-        if ((model is None or s["model"] == (model if isinstance(model, str) else model_name(model)))
-                and (dataset_name is None or s["dataset"] == dataset_name)
+        if ((name is None or s["model"] == name) and (dataset_name is None or s["dataset"] == dataset_name)
                 and (prof is None or s["profile"] == prof)):
             out.append({**meta, "path": str(meta_path.parent)})
     return out
