@@ -287,15 +287,16 @@ def main() -> None:
     print(f"  the model's weight matmuls alone, bf16 at their own shapes ({lm_tokens:,} "
           f"x d_in @ d_in x d_out): {shaped['median']:,.0f} tok/s median, {shaped['best']:,.0f} best = "
           f"{shaped['best'] / ceilings['best']:.0%} of the best ceiling")
-    lm_rates = {}
+    def rate(compiled: bool, median_rate: float, best_rate: float) -> str:
+        return (f"{'torch.compile' if compiled else 'eager autocast'}: {median_rate:,.0f} tok/s median "
+                f"= {median_rate / ceilings['median']:.0%} of the median ceiling, best {best_rate:,.0f} = "
+                f"{best_rate / ceilings['best']:.0%} of the best")
+
     for compiled, (median_rate, best_rate, warm) in lm.items():
-        lm_rates[compiled] = median_rate
-        print(f"  {'torch.compile' if compiled else 'eager autocast'}: {median_rate:,.0f} tok/s median "
-              f"= {median_rate / ceilings['median']:.0%} of the median ceiling, best {best_rate:,.0f} = "
-              f"{best_rate / ceilings['best']:.0%} of the best (target >= 60%); of the shaped matmuls "
+        print(f"  {rate(compiled, median_rate, best_rate)} (target >= 60%); of the shaped matmuls "
               f"alone {median_rate / shaped['median']:.0%} / {best_rate / shaped['best']:.0%}"
               + (f"; first call (compilation) {warm:.0f} s" if compiled else ""))
-    print(f"  compiled / eager: {lm_rates[True] / lm_rates[False]:.2f}x")
+    print(f"  compiled / eager: {lm[True][0] / lm[False][0]:.2f}x")
     if isinstance(hf, str):
         print(f"  plain baseline (transformers' own model) skipped: {hf}")
     else:
@@ -303,10 +304,8 @@ def main() -> None:
               f"{hf['rel_err']:.1e} of ours, relative):")
         for compiled in (False, True):
             median_rate, best_rate, _ = hf[compiled]
-            print(f"    {'torch.compile' if compiled else 'eager autocast'}: {median_rate:,.0f} tok/s median "
-                  f"= {median_rate / ceilings['median']:.0%} of the median ceiling, best {best_rate:,.0f} = "
-                  f"{best_rate / ceilings['best']:.0%} of the best; ours / baseline "
-                  f"{lm_rates[compiled] / median_rate:.2f}x (medians)")
+            print(f"    {rate(compiled, median_rate, best_rate)}; ours / baseline "
+                  f"{lm[compiled][0] / median_rate:.2f}x (medians)")
 
     from sae_lens.training.sae_trainer import SAETrainer
     acts = collect_activations(model, contexts[:96], hook, batch_size=LM_BATCH, compile=profile.compile_lm)
