@@ -157,12 +157,20 @@ def hf_baseline(model, name: str, contexts, hook: str, passes: int = 5) -> dict 
         return base(input_ids=toks, use_cache=False).last_hidden_state
     compiled = torch.compile(forward, dynamic=False)
 
-    def run(fn, toks):
-        with torch.no_grad(), autocast_context(model), inductor_config.patch(freezing=True):
+    def run(fn, toks, autocast=None):
+        with torch.no_grad(), autocast_context(model, autocast), inductor_config.patch(freezing=True):
             return torch.cat([fn(toks[i:i + LM_BATCH]) for i in range(0, len(toks), LM_BATCH)])
-    ours = next(iter_activations(model, contexts[:LM_BATCH], hook, batch_size=LM_BATCH))[0]
-    theirs = run(forward, contexts[:LM_BATCH]).float()
-    result = {"rel_err": ((theirs - ours).norm() / ours.norm()).item()}
+
+    def rel_err(theirs, autocast=None, compile=False):
+        ours = next(iter_activations(model, contexts[:LM_BATCH], hook, batch_size=LM_BATCH,
+                                     autocast=autocast, compile=compile))[0]
+        return ((theirs.float() - ours).norm() / ours.norm()).item()
+    # Each mode against ours in the same mode: fp32 shows the models are the same (rounding
+    # apart); under bf16 autocast a handful of sink tokens (residual norms ≈75× the median, notebook 03)
+    # carry most of the distance, and eager and compiled round them differently.
+    one = contexts[:LM_BATCH]
+    result = {"rel_err": {"fp32": rel_err(run(forward, one, False), False), "bf16": rel_err(run(forward, one)),
+                          "bf16 compiled": rel_err(run(compiled, one), compile=True)}}
     for is_compiled, fn in ((False, forward), (True, compiled)):
         result[is_compiled] = timed_passes(lambda toks, fn=fn: run(fn, toks), contexts, LM_BATCH,
                                            passes if is_compiled else 3)
@@ -300,8 +308,9 @@ def main() -> None:
     if isinstance(hf, str):
         print(f"  plain baseline (transformers' own model) skipped: {hf}")
     else:
-        print(f"  plain baseline, transformers' own model to the same block (SDPA; activations within "
-              f"{hf['rel_err']:.1e} of ours, relative):")
+        errs = ", ".join(f"{v:.1e} {k}" for k, v in hf["rel_err"].items())
+        print(f"  plain baseline, transformers' own model to the same block (SDPA; activations' relative "
+              f"distance from ours: {errs}):")
         for compiled in (False, True):
             median_rate, best_rate, _ = hf[compiled]
             print(f"    {rate(compiled, median_rate, best_rate)}; ours / baseline "
