@@ -1,0 +1,79 @@
+"""How far bf16 autocast moves the activations and the metrics from fp32 (prints, asserts nothing).
+
+1. Activations at the profile's hook on ``--contexts`` packed contexts of ``--corpus``: eager
+   bf16 and compiled bf16 (how training reads them at the ``cpu`` profile) against fp32, as the
+   median / 99th percentile / largest relative distance per content token, and the distance of
+   the whole batch with the share of its squared error carried by tokens whose fp32 norm is over
+   5× the median (the sinks).
+2. With ``--sae`` (a run folder; default: the first finished run of the profile on ``--corpus``):
+   ``reconstruction_metrics`` on ``--tokens`` tokens of the corpus in bf16 and in fp32.
+
+    python benchmarks/precision.py [--corpus wikipedia_en_sample] [--contexts 32] [--tokens 8000] [--sae PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import faithful
+from faithful.activations import iter_activations
+from faithful.fidelity import reconstruction_metrics
+from faithful.train_stream import pack_contexts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=faithful.EMBEDDED)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--corpus", default="wikipedia_en_sample")
+    ap.add_argument("--contexts", type=int, default=32, help="contexts for the activation distances")
+    ap.add_argument("--tokens", type=int, default=8000, help="evaluation tokens for the metrics")
+    ap.add_argument("--sae", default=None, help="run folder (default: the profile's run on --corpus)")
+    args = ap.parse_args()
+
+    profile = faithful.get_profile(args.profile)
+    model = faithful.load_model(args.model, device="cpu")
+    preset = faithful.sae_preset(model, profile)
+    hook = faithful.hook_name(model, preset.layer)
+    dataset = faithful.load_corpus(args.corpus)
+    contexts, _, _ = pack_contexts(model, dataset, preset.context_size, args.contexts * preset.context_size)
+    contexts = contexts[: args.contexts]
+
+    def acts(**kw):
+        parts = list(iter_activations(model, contexts, hook, batch_size=len(contexts), **kw))
+        return parts[0][0], parts[0][1]
+    fp32, mask = acts(autocast=False)
+    ref = fp32[mask]
+    norms = ref.norm(dim=-1)
+    sinks = norms > 5 * norms.median()
+    print(f"{hook}, {int(mask.sum()):,} content tokens of {args.corpus}, {int(sinks.sum())} with a norm over "
+          f"5x the median (they hold {float((norms[sinks] ** 2).sum() / (norms ** 2).sum()):.0%} of the squared norm)")
+    for label, kw in (("eager bf16", {}), ("compiled bf16", {"compile": True})):
+        err = acts(**kw)[0][mask] - ref
+        per_token = err.norm(dim=-1) / norms
+        q = torch.quantile(per_token, torch.tensor([0.5, 0.99])).tolist()
+        sq = err.norm(dim=-1) ** 2
+        print(f"  {label} vs fp32, per token: median {q[0]:.2%}, 99th percentile {q[1]:.2%}, largest "
+              f"{float(per_token.max()):.1%}; whole batch {float(err.norm() / ref.norm()):.2%}, "
+              f"{float(sq[sinks].sum() / sq.sum()):.0%} of it on the sinks")
+
+    path = args.sae
+    if path is None:
+        runs = faithful.list_runs(model, dataset_name=args.corpus, profile=profile)
+        if not runs:
+            print(f"\nno finished {profile.name} run on {args.corpus}: train one (notebook 03) or pass --sae")
+            return
+        path = runs[0]["path"]
+    sae = faithful.load_sae(path)
+    print(f"\nreconstruction_metrics of {path} on {args.tokens:,} tokens of {args.corpus}:")
+    for autocast in (True, False):
+        t = time.perf_counter()
+        r = reconstruction_metrics(model, sae, dataset, n_tokens=args.tokens, autocast=autocast, progress=False)
+        print(f"  {'bf16' if autocast else 'fp32'}: explained variance {r.explained_variance:.4f}, CE-loss "
+              f"difference {r.ce_diff:.4f} nats, L2 {r.l2:,.0f}, L0 {r.l0:.1f} ({time.perf_counter() - t:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
