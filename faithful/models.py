@@ -117,10 +117,11 @@ def sae_preset(model, profile=None) -> SAEPreset:
     if profile is not None:
         preset = SAEPreset(
             layer=default_layer(model),
-            d_sae=profile.d_sae or preset.d_sae,
-            k=profile.k or preset.k,
-            lr=profile.lr or preset.lr,
-            context_size=min(profile.context_size or preset.context_size, model.cfg.n_ctx),
+            d_sae=preset.d_sae if profile.d_sae is None else profile.d_sae,
+            k=preset.k if profile.k is None else profile.k,
+            lr=preset.lr if profile.lr is None else profile.lr,
+            context_size=min(preset.context_size if profile.context_size is None else profile.context_size,
+                             model.cfg.n_ctx),
         )
     return preset
 

@@ -119,10 +119,10 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
     preset = sae_preset(model, profile)
     hook = hook_name(model, preset.layer if layer is None else layer)
-    d_sae, k = d_sae or preset.d_sae, k or preset.k
-    lr, ctx = lr or preset.lr, context_size or preset.context_size
-    n_tokens, batch_size = n_tokens or profile.train_tokens, batch_size or profile.train_batch_size
-    _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds, b_dec_init)
+    d_sae, k = _given(d_sae, preset.d_sae), _given(k, preset.k)
+    lr, ctx = _given(lr, preset.lr), _given(context_size, preset.context_size)
+    n_tokens, batch_size = _given(n_tokens, profile.train_tokens), _given(batch_size, profile.train_batch_size)
+    _check_args(model, architecture, d_sae, k, lr, ctx, n_tokens, batch_size, seeds, b_dec_init)
     if isinstance(dataset, (str, Path)):
         dataset_name = dataset_name or dataset_label(dataset)
         dataset = load_corpus(dataset, model=model, profile=profile)
@@ -172,7 +172,12 @@ def make_sae(settings: TrainSettings, seed: int, device: str = "cpu"):
 
 
 # ----------------------------------------------------------------------------- internals
-def _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds, b_dec_init):
+def _given(value, default):
+    """``value`` unless it is None (a 0 is kept, and refused by :func:`_check_args`)."""
+    return default if value is None else value
+
+
+def _check_args(model, architecture, d_sae, k, lr, ctx, n_tokens, batch_size, seeds, b_dec_init):
     if b_dec_init not in B_DEC_INITS:
         raise ValueError(f"b_dec_init={b_dec_init!r} is not one of {B_DEC_INITS}")
     if architecture != "topk":
@@ -181,6 +186,8 @@ def _check_args(model, architecture, d_sae, k, ctx, n_tokens, batch_size, seeds,
     if not 0 < k < d_sae:
         raise ValueError(f"k={k} must be between 1 and d_sae-1 (d_sae={d_sae}): a TopK SAE keeps k "
                          "of its d_sae latents; lower k or widen the SAE")
+    if not lr > 0:
+        raise ValueError(f"lr={lr} must be positive (the paper's SAEs use 2e-4 to 5e-4; the cpu profile 3e-3)")
     if ctx > model.cfg.n_ctx or ctx < 2:
         raise ValueError(f"context_size={ctx} must be in 2..{model.cfg.n_ctx} (the model's n_ctx)")
     if n_tokens <= 0 or batch_size <= 0:

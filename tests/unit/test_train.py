@@ -82,6 +82,50 @@ def test_reloaded_checkpoint_gives_the_trained_sae_outputs(tiny_model, texts, ho
         faithful.load_sae(home)
 
 
+def test_activation_scale_is_folded_into_the_saved_sae(tiny_model, texts, home, monkeypatch):
+    """Training sees activations scaled to mean norm √d_in (SAELens's expected_average_only_in);
+    the saved SAE takes raw activations: saved(x) = trained(x · s) / s."""
+    import copy
+    seen = {}
+    init, finish = train._Run._init_from_data, train._Run._finish
+
+    def capture_init(self):
+        init(self)
+        seen["first_block"] = self.stream.peek().clone()
+
+    def capture_finish(self):
+        tr = self.trainers[42]
+        seen["factor"], seen["unfolded"] = tr.activation_scaler.scaling_factor, copy.deepcopy(tr.sae)
+        finish(self)
+    monkeypatch.setattr(train._Run, "_init_from_data", capture_init)
+    monkeypatch.setattr(train._Run, "_finish", capture_finish)
+    (path,) = faithful.train_saes(tiny_model, texts, seeds=(42,), **SMALL)
+    factor, x = seen["factor"], seen["first_block"][:64]
+    d_in = tiny_model.cfg.d_model
+    assert abs((seen["first_block"] * factor).norm(dim=-1).mean().item() - d_in ** 0.5) < 1e-3 * d_in ** 0.5
+    loaded = faithful.load_sae(path)
+    assert loaded.cfg.normalize_activations == "none"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), seen["unfolded"](x * factor) / factor, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(loaded(x), seen["unfolded"](x), rtol=1e-2)  # without the fold: wrong
+
+
+def test_all_seeds_share_one_language_model_pass(tiny_model, texts, home, monkeypatch):
+    from faithful import train_stream
+    real, batches = train_stream.iter_activations, []
+
+    def counting(*args, **kwargs):
+        for out in real(*args, **kwargs):
+            batches.append(out[0].shape[0])
+            yield out
+    monkeypatch.setattr(train_stream, "iter_activations", counting)
+    faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "one", **SMALL)
+    one = list(batches)
+    batches.clear()
+    faithful.train_saes(tiny_model, texts, seeds=(42, 49, 7), out_dir=home / "three", **SMALL)
+    assert one and batches == one  # the same contexts through the model, once, for three seeds
+
+
 def test_finished_run_is_reused_and_other_settings_refused(tiny_model, texts, home):
     (path,) = faithful.train_saes(tiny_model, texts, seeds=(42,), **SMALL)
     stamp = (path / "sae_weights.safetensors").stat().st_mtime_ns
@@ -163,6 +207,21 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
     assert not (home / "cut" / ".seed42.resume").exists()
 
 
+def test_checkpoint_of_other_settings_is_discarded_and_training_restarts(tiny_model, texts, home, monkeypatch):
+    real = ActivationStream.next_batch
+    _interrupt_at_batch(monkeypatch, 9)
+    with pytest.raises(KeyboardInterrupt):
+        faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "cut", checkpoint_every=3, **SMALL)
+    assert (home / "cut" / ".seed42.resume").is_dir()
+    monkeypatch.setattr(ActivationStream, "next_batch", real)
+    other = {**SMALL, "k": 5}
+    (restarted,) = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "cut", **other)
+    (fresh,) = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "fresh", **other)
+    wa, wb = _weights(restarted), _weights(fresh)
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert not (home / "cut" / ".seed42.resume").exists()
+
+
 def test_default_checkpoints_follow_wall_time(tiny_model, texts, home, monkeypatch):
     """Without checkpoint_every, a checkpoint is written once CHECKPOINT_SECONDS have passed."""
     calls = _interrupt_at_batch(monkeypatch, 5)
@@ -194,6 +253,13 @@ def test_stream_batches_straddle_blocks_without_loss(tiny_model, texts):
     (dict(k=64), "k=64"),
     (dict(architecture="gated"), "topk"),
     (dict(b_dec_init="mean"), "b_dec_init"),
+    # zeros are refused, not replaced by the preset's values
+    (dict(k=0), "k=0"),
+    (dict(d_sae=0), "d_sae=0"),
+    (dict(lr=0), "lr=0"),
+    (dict(n_tokens=0), "n_tokens"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(context_size=0), "context_size=0"),
 ])
 def test_bad_arguments(tiny_model, texts, home, bad, match):
     with pytest.raises(ValueError, match=match):
