@@ -5,12 +5,16 @@
 1. ``"faithful"`` – the Faithful dataset of the current profile's model
    (``faithful.generate.faithful_dataset_for``); or a path to a folder holding
    ``faithful_meta.json`` (a Faithful dataset written by ``generate_faithful_dataset``).
-2. A path to a ``.jsonl``, ``.jsonl.gz``, ``.parquet`` file or a saved HF dataset folder.
+2. A path to a ``.jsonl``, ``.jsonl.gz``, ``.parquet`` file or a saved HF dataset folder
+   (a saved ``DatasetDict``: ``split``, by default ``train`` or else its first split).
 3. A file of the shared data folder (``FAITHFUL_DATA_DIR``, see ``storage.shared_data_dir``)
    by its name: ``wikipedia_en_sample``, ``c4_en_train_first1000``, ``alpaca``,
    ``sst2_validation`` … and, for registry names, ``<name>_<split>`` (``sst2`` + ``"train"``).
-4. A registry name (:data:`CORPORA`) downloaded from the Hugging Face hub; offline, a clear
-   error lists what is available locally.
+4. A registry name (:data:`CORPORA`) downloaded from the Hugging Face hub, or any hub dataset
+   id (``owner/name``, its ``text`` column or instruction fields); offline, a clear error lists
+   what is available locally.
+
+A source without rows is refused with the path that is empty.
 
 Instruction data (columns ``instruction``/``input``/``output``) becomes text through the
 Alpaca training template (:data:`ALPACA_TEMPLATE`, from tatsu-lab/stanford_alpaca
@@ -18,7 +22,9 @@ Alpaca training template (:data:`ALPACA_TEMPLATE`, from tatsu-lab/stanford_alpac
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +80,9 @@ CORPORA: dict[str, CorpusSpec] = {c.name: c for c in [
 sample; the hub id is the uncensored merge the paper used."""
 
 _LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
+_FILE_SUFFIXES = (*_LOCAL_SUFFIXES, ".json")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+"""``owner/name``: tried on the hub when it is no existing path (names of files never are)."""
 
 
 def load_corpus(name_or_path: str | os.PathLike, split: str | None = None, *,
@@ -90,14 +99,19 @@ def load_corpus(name_or_path: str | os.PathLike, split: str | None = None, *,
     if name == "faithful":
         ds = _faithful(model, profile)
     elif Path(name).expanduser().exists():
-        ds = _from_path(Path(name).expanduser())
+        ds = _from_path(Path(name).expanduser(), split)
     elif (local := _local_file(name, split, spec)) is not None:
         ds = _from_path(local)
-    elif spec is not None:
+    elif spec is not None or (_HUB_ID.fullmatch(name) and not name.endswith(_FILE_SUFFIXES)):
+        spec = spec or CorpusSpec(name, name)
         ds = _from_hub(spec, split or spec.split, n_docs)
     else:
-        raise ValueError(f"unknown corpus {name!r}: not a path, not a file of the shared data folder "
-                         f"and not a registry name. Available: {', '.join(available_corpora())}")
+        raise ValueError(
+            f"unknown corpus {name!r}: not an existing path, not a file of the shared data folder "
+            f"({storage.shared_data_dir()}) and not a hub dataset id. Available locally: "
+            f"{', '.join(local_corpora()) or 'none'}; from the hub (registry): {', '.join(sorted(CORPORA))}")
+    if len(ds) == 0:
+        raise ValueError(f"corpus {name!r} holds no rows: give it at least one text")
     if n_docs is not None and len(ds) > n_docs:
         ds = ds.select(range(n_docs))
     return to_text(ds, spec.text_field if spec else "text", source=name)
@@ -175,26 +189,45 @@ def _local_file(name: str, split: str | None, spec: CorpusSpec | None) -> Path |
     return None
 
 
-def _from_path(path: Path):
+def _from_path(path: Path, split: str | None = None):
     import datasets
 
     if path.is_dir() and (path / "faithful_meta.json").is_file():
         from .generate import load_faithful_dataset  # a Faithful dataset: every finished shard
 
         return load_faithful_dataset(path)
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if path.is_dir() and not any((path / m).is_file() for m in markers):
+        raise ValueError(f"{path} is a folder but not a saved Hugging Face dataset (no "
+                         f"{' / '.join(markers)}); save it with Dataset.save_to_disk")
+    if not path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".parquet")) and not path.is_dir():
+        raise ValueError(f"cannot read {path}: expected .jsonl, .jsonl.gz, .parquet or a saved dataset folder")
+    if (path / "dataset_dict.json").is_file():  # a saved DatasetDict: one split of it
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if split is not None and split not in splits:
+            raise ValueError(f"{path} has no split {split!r}; its splits are {splits}")
+        path = path / (split or ("train" if "train" in splits else splits[0]))
+    if _holds_no_rows(path):  # datasets fails on these with StopIteration or IndexError
+        raise ValueError(f"{path} holds no rows: give it at least one text")
     if path.is_dir():
-        if not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
-            raise ValueError(f"{path} is a folder but not a saved Hugging Face dataset "
-                             "(no dataset_info.json / state.json); save it with Dataset.save_to_disk")
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-        return ds
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
-        return datasets.load_dataset("json", data_files=str(path), split="train")
+        return datasets.load_from_disk(str(path))
+    builder = "parquet" if path.name.endswith(".parquet") else "json"
+    return datasets.load_dataset(builder, data_files=str(path), split="train")
+
+
+def _holds_no_rows(path: Path) -> bool:
+    """True for an empty file, or a saved dataset without data files."""
+    if path.is_dir():
+        state = path / "state.json"
+        return state.is_file() and not json.loads(state.read_text()).get("_data_files")
     if path.name.endswith(".parquet"):
-        return datasets.load_dataset("parquet", data_files=str(path), split="train")
-    raise ValueError(f"cannot read {path}: expected .jsonl, .jsonl.gz, .parquet or a saved dataset folder")
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(str(path)).num_rows == 0
+    import gzip
+
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+        return not any(line.strip() for line in f)
 
 
 def _faithful(model, profile):
@@ -217,8 +250,9 @@ def _from_hub(spec: CorpusSpec, split: str, n_docs: int | None):
                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if offline or not _reachable("huggingface.co", 443, 3.0):
         local = ", ".join(local_corpora()) or "none (set FAITHFUL_DATA_DIR to a folder of .jsonl.gz files)"
+        guess = "" if spec.name in CORPORA else f"{spec.name!r} is no existing path, so it was taken for a hub id: "
         raise RuntimeError(
-            f"cannot load corpus {spec.name!r} ({spec.hub_id}): the Hugging Face hub is "
+            f"{guess}cannot load corpus {spec.name!r} ({spec.hub_id}): the Hugging Face hub is "
             f"{'disabled (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)' if offline else 'unreachable'} and no "
             f"local copy was found in {storage.shared_data_dir()}. Available locally: {local}. "
             "Fix: connect to the internet, or pass a local .jsonl/.parquet file or dataset folder.")

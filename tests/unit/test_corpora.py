@@ -70,12 +70,32 @@ def test_faithful_by_name_and_by_path(tiny_model, home):
     assert corpora.corpus_kind("faithful") == "faithful"
 
 
-def test_paths_parquet_and_saved_dataset(tmp_path):
+def test_paths_parquet_jsonl_gz_and_saved_datasets(tmp_path):
     ds = datasets.Dataset.from_dict({"text": ["x y", "z"], "label": [0, 1]})
     ds.to_parquet(str(tmp_path / "d.parquet"))
     assert faithful.load_corpus(tmp_path / "d.parquet")["text"] == ["x y", "z"]
+    _write_jsonl(tmp_path / "d.jsonl.gz", [{"text": "gz one"}, {"text": "gz two"}], gz=True)
+    assert faithful.load_corpus(tmp_path / "d.jsonl.gz")["text"] == ["gz one", "gz two"]
     ds.save_to_disk(str(tmp_path / "saved"))
     assert faithful.load_corpus(str(tmp_path / "saved"))["label"] == [0, 1]
+    # a saved DatasetDict: its train split by default, another by name, a missing one named
+    datasets.DatasetDict({"test": ds.select([1]), "train": ds.select([0])}).save_to_disk(str(tmp_path / "dict"))
+    assert faithful.load_corpus(tmp_path / "dict")["text"] == ["x y"]
+    assert faithful.load_corpus(tmp_path / "dict", "test")["text"] == ["z"]
+    with pytest.raises(ValueError, match=r"no split 'validation'.*\['test', 'train'\]"):
+        faithful.load_corpus(tmp_path / "dict", "validation")
+
+
+def test_empty_sources_are_refused_with_their_path(tmp_path):
+    (tmp_path / "e.jsonl").write_text("\n")
+    _write_jsonl(tmp_path / "e.jsonl.gz", [], gz=True)
+    empty = datasets.Dataset.from_dict({"text": []})
+    empty.to_parquet(str(tmp_path / "e.parquet"))
+    empty.save_to_disk(str(tmp_path / "e_saved"))
+    datasets.DatasetDict({"train": empty}).save_to_disk(str(tmp_path / "e_dict"))
+    for name in ("e.jsonl", "e.jsonl.gz", "e.parquet", "e_saved", "e_dict"):
+        with pytest.raises(ValueError, match=f"{name}.* holds no rows"):
+            faithful.load_corpus(tmp_path / name)
 
 
 def test_dataset_without_text_names_its_columns(tmp_path):
@@ -92,8 +112,16 @@ def test_offline_hub_corpus_lists_local_names(data_dir, monkeypatch):
     with pytest.raises(RuntimeError, match="mini_web.*sst2_validation|sst2_train.*mini_web") as err:
         faithful.load_corpus("fineweb")
     assert "HuggingFaceFW/fineweb" in str(err.value)
-    with pytest.raises(ValueError, match="unknown corpus 'nope'"):
+    with pytest.raises(ValueError, match="unknown corpus 'nope'") as err:
         faithful.load_corpus("nope")
+    local, hub = str(err.value).split("Available locally: ")[1].split("; from the hub (registry): ")
+    assert local.split(", ") == ["instr", "mini_web", "sst2_train", "sst2_validation"]
+    assert "fineweb" in hub and "fineweb" not in local
+    # any hub id is tried on the hub (here: offline), a missing file's name is not
+    with pytest.raises(RuntimeError, match="taken for a hub id.*'someone/corpus'.*mini_web"):
+        faithful.load_corpus("someone/corpus")
+    with pytest.raises(ValueError, match="unknown corpus 'data/missing.jsonl'"):
+        faithful.load_corpus("data/missing.jsonl")
     with pytest.raises(ValueError, match="n_docs"):
         faithful.load_corpus("mini_web", n_docs=0)
 
