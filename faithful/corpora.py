@@ -5,14 +5,15 @@
 1. ``"faithful"`` – the Faithful dataset of the current profile's model
    (``faithful.generate.faithful_dataset_for``); or a path to a folder holding
    ``faithful_meta.json`` (a Faithful dataset written by ``generate_faithful_dataset``).
-2. A path to a ``.jsonl``, ``.jsonl.gz``, ``.parquet`` file or a saved HF dataset folder
-   (a saved ``DatasetDict``: ``split``, by default ``train`` or else its first split).
+2. A path to a ``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet`` file or a saved HF dataset
+   folder. A saved ``DatasetDict`` gives ``split`` (default: ``train``, else its first split);
+   the others hold one split, and any ``split`` but ``train`` is refused.
 3. A file of the shared data folder (``FAITHFUL_DATA_DIR``, see ``storage.shared_data_dir``)
    by its name: ``wikipedia_en_sample``, ``c4_en_train_first1000``, ``alpaca``,
    ``sst2_validation`` … and, for registry names, ``<name>_<split>`` (``sst2`` + ``"train"``).
 4. A registry name (:data:`CORPORA`) downloaded from the Hugging Face hub, or any hub dataset
-   id (``owner/name``, its ``text`` column or instruction fields); offline, a clear error lists
-   what is available locally.
+   id (``owner/name`` that is not a missing path in an existing folder; its ``text`` column or
+   instruction fields); offline, a clear error lists what is available locally.
 
 A source without rows is refused with the path that is empty.
 
@@ -81,8 +82,8 @@ sample; the hub id is the uncensored merge the paper used."""
 
 _LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
 _FILE_SUFFIXES = (*_LOCAL_SUFFIXES, ".json")
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-"""``owner/name``: tried on the hub when it is no existing path (names of files never are)."""
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+"""``owner/name``: tried on the hub unless it names a file type or lies in an existing folder."""
 
 
 def load_corpus(name_or_path: str | os.PathLike, split: str | None = None, *,
@@ -102,12 +103,12 @@ def load_corpus(name_or_path: str | os.PathLike, split: str | None = None, *,
         ds = _from_path(Path(name).expanduser(), split)
     elif (local := _local_file(name, split, spec)) is not None:
         ds = _from_path(local)
-    elif spec is not None or (_HUB_ID.fullmatch(name) and not name.endswith(_FILE_SUFFIXES)):
+    elif spec is not None or _hub_id(name):
         spec = spec or CorpusSpec(name, name)
         ds = _from_hub(spec, split or spec.split, n_docs)
     else:
         raise ValueError(
-            f"unknown corpus {name!r}: not an existing path, not a file of the shared data folder "
+            f"unknown corpus {name!r}: no such path, not a file of the shared data folder "
             f"({storage.shared_data_dir()}) and not a hub dataset id. Available locally: "
             f"{', '.join(local_corpora()) or 'none'}; from the hub (registry): {', '.join(sorted(CORPORA))}")
     if len(ds) == 0:
@@ -189,9 +190,17 @@ def _local_file(name: str, split: str | None, spec: CorpusSpec | None) -> Path |
     return None
 
 
+def _hub_id(name: str) -> bool:
+    return bool(_HUB_ID.fullmatch(name)) and not name.endswith(_FILE_SUFFIXES) \
+        and not Path(name).parent.is_dir()
+
+
 def _from_path(path: Path, split: str | None = None):
     import datasets
 
+    if split not in (None, "train") and not (path / "dataset_dict.json").is_file():
+        raise ValueError(f"{path} holds one split, so split={split!r} does not apply: a split names "
+                         "a split of a registry corpus, a shared file or a saved DatasetDict")
     if path.is_dir() and (path / "faithful_meta.json").is_file():
         from .generate import load_faithful_dataset  # a Faithful dataset: every finished shard
 
@@ -226,8 +235,18 @@ def _holds_no_rows(path: Path) -> bool:
         return pq.read_metadata(str(path)).num_rows == 0
     import gzip
 
+    def first_text(f) -> str:  # the rest of the file from its first non-blank character
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return chunk.lstrip()
+        return ""
+
     with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
-        return not any(line.strip() for line in f)
+        head = first_text(f)
+        if path.name.endswith(".json") and head.startswith("["):  # a JSON array: empty is []
+            rest = head[1:].lstrip() or first_text(f)
+            return rest.startswith("]")
+        return not head
 
 
 def _faithful(model, profile):

@@ -84,16 +84,24 @@ def test_paths_parquet_jsonl_gz_and_saved_datasets(tmp_path):
     assert faithful.load_corpus(tmp_path / "dict", "test")["text"] == ["z"]
     with pytest.raises(ValueError, match=r"no split 'validation'.*\['test', 'train'\]"):
         faithful.load_corpus(tmp_path / "dict", "validation")
+    datasets.DatasetDict({"validation": ds.select([1]), "test": ds.select([0])}).save_to_disk(str(tmp_path / "vt"))
+    assert faithful.load_corpus(tmp_path / "vt")["text"] == ["z"]  # no train split: the first one
+    with pytest.raises(ValueError, match="holds one split, so split='test' does not apply"):
+        faithful.load_corpus(tmp_path / "d.parquet", "test")
+    assert faithful.load_corpus(tmp_path / "d.jsonl.gz", "train")["text"] == ["gz one", "gz two"]
 
 
 def test_empty_sources_are_refused_with_their_path(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n")
+    (tmp_path / "e.json").write_text(" [\n  ]\n")
+    (tmp_path / "full.json").write_text('[{"text": "one"}]')
+    assert faithful.load_corpus(tmp_path / "full.json")["text"] == ["one"]
     _write_jsonl(tmp_path / "e.jsonl.gz", [], gz=True)
     empty = datasets.Dataset.from_dict({"text": []})
     empty.to_parquet(str(tmp_path / "e.parquet"))
     empty.save_to_disk(str(tmp_path / "e_saved"))
     datasets.DatasetDict({"train": empty}).save_to_disk(str(tmp_path / "e_dict"))
-    for name in ("e.jsonl", "e.jsonl.gz", "e.parquet", "e_saved", "e_dict"):
+    for name in ("e.jsonl", "e.json", "e.jsonl.gz", "e.parquet", "e_saved", "e_dict"):
         with pytest.raises(ValueError, match=f"{name}.* holds no rows"):
             faithful.load_corpus(tmp_path / name)
 
@@ -120,8 +128,9 @@ def test_offline_hub_corpus_lists_local_names(data_dir, monkeypatch):
     # any hub id is tried on the hub (here: offline), a missing file's name is not
     with pytest.raises(RuntimeError, match="taken for a hub id.*'someone/corpus'.*mini_web"):
         faithful.load_corpus("someone/corpus")
-    with pytest.raises(ValueError, match="unknown corpus 'data/missing.jsonl'"):
-        faithful.load_corpus("data/missing.jsonl")
+    for missing in ("data/missing.jsonl", "./missing", "../missing", f"{data_dir}/missing"):
+        with pytest.raises(ValueError, match="unknown corpus .*no such path"):
+            faithful.load_corpus(missing)
     with pytest.raises(ValueError, match="n_docs"):
         faithful.load_corpus("mini_web", n_docs=0)
 
