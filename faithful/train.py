@@ -183,6 +183,8 @@ def _check_args(model, architecture, d_sae, k, lr, ctx, n_tokens, batch_size, se
     if architecture != "topk":
         raise ValueError(f"architecture {architecture!r} is not supported: the paper trains TopK SAEs "
                          "(architecture='topk')")
+    if d_sae <= 0:
+        raise ValueError(f"d_sae={d_sae} must be positive (the paper's SAEs are 8x to 32x d_model wide)")
     if not 0 < k < d_sae:
         raise ValueError(f"k={k} must be between 1 and d_sae-1 (d_sae={d_sae}): a TopK SAE keeps k "
                          "of its d_sae latents; lower k or widen the SAE")
