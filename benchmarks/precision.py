@@ -2,9 +2,9 @@
 
 1. Activations at the profile's hook on ``--contexts`` packed contexts of ``--corpus``: eager
    bf16 and compiled bf16 (how training reads them at the ``cpu`` profile) against fp32, as the
-   median / 99th percentile / largest relative distance per content token, and the distance of
-   the whole batch with the share of its squared error carried by tokens whose fp32 norm is over
-   5× the median (the sinks).
+   median / 99th percentile / largest relative distance per content token (the sinks' apart:
+   tokens whose fp32 norm is over 5× the median), and the distance of the whole batch with the
+   share of its squared error that the sinks carry.
 2. With ``--sae`` (a run folder; default: the first finished run of the profile on ``--corpus``):
    ``reconstruction_metrics`` on ``--tokens`` tokens of the corpus in bf16 and in fp32.
 
@@ -56,8 +56,9 @@ def main() -> None:
         q = torch.quantile(per_token, torch.tensor([0.5, 0.99])).tolist()
         sq = err.norm(dim=-1) ** 2
         print(f"  {label} vs fp32, per token: median {q[0]:.2%}, 99th percentile {q[1]:.2%}, largest "
-              f"{float(per_token.max()):.1%}; whole batch {float(err.norm() / ref.norm()):.2%}, "
-              f"{float(sq[sinks].sum() / sq.sum()):.0%} of it on the sinks")
+              f"{float(per_token[~sinks].max()):.1%} (sinks: {float(per_token[sinks].max()):.1%}); whole "
+              f"batch {float(err.norm() / ref.norm()):.2%}, {float(sq[sinks].sum() / sq.sum()):.0%} of its "
+              "squared error on the sinks")
 
     path = args.sae
     if path is None:
