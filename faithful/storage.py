@@ -12,11 +12,13 @@ Directories (all overridable by environment variables):
 
 Writes are atomic: a file is written to a temporary sibling and renamed into place; a
 folder is filled under a temporary name and renamed when complete. A crash, Ctrl-C or a
-full disk leaves either the old artifact or none, never a torn one.
+full disk leaves either the old artifact or none, never a torn one; what a SIGKILL leaves
+beside it (a temporary sibling) is tidied by :func:`recover` before the artifact is written again.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -127,6 +129,22 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover(path: str | os.PathLike) -> None:
+    """Tidy what a killed process (SIGKILL, power loss: no handler ran) left beside ``path``:
+    the temporary siblings of :func:`atomic_dir` / :func:`write_json`, and, when it was killed
+    between :func:`atomic_dir`'s two renames, the previous version, which is put back."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():
+        os.replace(old, path)
+    shutil.rmtree(old, ignore_errors=True)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:

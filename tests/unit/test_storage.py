@@ -34,6 +34,25 @@ def test_atomic_dir_all_or_nothing(tmp_path):
             pass
 
 
+def test_recover_tidies_what_a_killed_write_left(tmp_path):
+    """What SIGKILL leaves (no handler ran): temporary siblings, and between atomic_dir's two
+    renames the previous version under .NAME.old with NAME missing, which is put back."""
+    target, other = tmp_path / "run", tmp_path / "other"
+    other.mkdir()
+    (tmp_path / ".run.x1.tmp").mkdir()                    # atomic_dir killed while filling
+    (tmp_path / ".run.resume.x2.tmp").mkdir()             # ... a sibling's of the same run
+    (tmp_path / ".run.json.x3.tmp").write_text("{")       # write_json killed before its rename
+    (tmp_path / ".run.old").mkdir()
+    (tmp_path / ".run.old" / "done").write_text("v1")     # killed between the renames
+    storage.recover(target)
+    assert (target / "done").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "run"]
+    (tmp_path / ".run.old").mkdir()                       # killed after the second rename
+    storage.recover(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "run"]
+    storage.recover(tmp_path / "never")                   # nothing to do
+
+
 def test_home_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FAITHFUL_HOME", str(tmp_path))
     assert storage.runs_dir() == tmp_path / "runs"
