@@ -136,6 +136,9 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
         block_contexts=ActivationStream.block_size_for(batch_size, ctx), profile=profile.name,
         compile_lm=profile.compile_lm)
     dirs = {s: _seed_dir(out_dir, model, dataset_name, hook, s, profile) for s in seeds}
+    for folder in dirs.values():  # what a killed run left: temporary folders, a half-swapped one
+        storage.recover(folder)
+        storage.recover(_resume_dir(folder))
     todo = [s for s in seeds if not _finished(dirs[s], settings, overwrite)]
     if todo:
         _Run(model, settings, contexts, epochs, todo, dirs, progress, checkpoint_every).fit()
@@ -204,6 +207,11 @@ def _seed_dir(out_dir, model, dataset_name, hook, seed, profile) -> Path:
     return Path(out_dir) / f"seed{seed}"
 
 
+def _resume_dir(folder: Path) -> Path:
+    """Where the run in ``folder`` keeps its last resumable checkpoint (hidden: it never loads as a run)."""
+    return folder.with_name(f".{folder.name}.resume")
+
+
 def _finished(folder: Path, settings: TrainSettings, overwrite: bool) -> bool:
     meta_path = folder / RUN_FILE
     if not meta_path.is_file():
@@ -250,7 +258,7 @@ class _Run:
         self.t_start = time.perf_counter()
 
     def resume_dir(self, seed) -> Path:
-        return self.dirs[seed].with_name(f".{self.dirs[seed].name}.resume")
+        return _resume_dir(self.dirs[seed])
 
     def fit(self) -> None:
         from tqdm.auto import tqdm

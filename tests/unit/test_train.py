@@ -207,6 +207,71 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
     assert not (home / "cut" / ".seed42.resume").exists()
 
 
+_KILLED_CHILD = """
+import os, signal, sys, datasets, faithful
+from faithful import train
+mode, calls = sys.argv[2], []
+if mode == "after":  # right after the step-6 checkpoint of both seeds is complete
+    checkpoint = train._Run._checkpoint
+    def killing(self, step):
+        checkpoint(self, step)
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGKILL)
+    train._Run._checkpoint = killing
+else:  # while seed 49's step-6 checkpoint is half-written (seed 42's is complete)
+    save = train.save_trainer_state
+    def killing(trainer, path):
+        calls.append(path)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(trainer, path)
+    train.save_trainer_state = killing
+m = faithful.load_model("tiny-random", device="cpu", seed=0)
+faithful.train_saes(m, datasets.Dataset.from_dict({"text": TEXTS}), seeds=(42, 49),
+                    out_dir=sys.argv[1], checkpoint_every=3, **SETTINGS)
+"""
+
+
+@pytest.mark.parametrize("mode", ["after", "during"])
+def test_hard_kill_leaves_nothing_that_loads_and_training_ends_with_the_same_weights(
+        tiny_model, texts, home, monkeypatch, mode):
+    """SIGKILL: no exception handler runs. Killed after a checkpoint, the run resumes from it;
+    killed while one seed's checkpoint is half-written, the seeds' checkpoints disagree and the
+    run restarts cleanly. Either way the temporary folders go and the weights are those of an
+    uninterrupted run (to float rounding)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = home / "child.py"
+    script.write_text(f"TEXTS = {TEXTS!r}\nSETTINGS = {SMALL!r}\n" + _KILLED_CHILD)
+    cut = home / "cut"
+    child = subprocess.run([sys.executable, str(script), str(cut), mode], capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert not (cut / "seed42").exists() and not (cut / "seed49").exists()
+    steps = {s: storage.read_json(cut / f".seed{s}.resume" / "resume.json")["step"] for s in (42, 49)}
+    assert steps == ({42: 6, 49: 6} if mode == "after" else {42: 6, 49: 3})
+    assert [p.name[:16] for p in cut.glob("*.tmp")] == ([] if mode == "after" else ["..seed49.resume."])
+    calls = {"n": 0}
+    real = ActivationStream.next_batch
+
+    def counting(self, n):
+        calls["n"] += 1
+        return real(self, n)
+    monkeypatch.setattr(ActivationStream, "next_batch", counting)
+    ended = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=cut, **SMALL)
+    n_steps = SMALL["n_tokens"] // SMALL["batch_size"]
+    assert calls["n"] == (n_steps - 6 if mode == "after" else n_steps)  # resumed / restarted
+    assert sorted(p.name for p in cut.iterdir()) == ["seed42", "seed49"]
+    whole = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "whole", **SMALL)
+    for a, b in zip(whole, ended):
+        wa, wb = _weights(a), _weights(b)
+        # Another process did the first steps: bit-for-bit equality is the in-process test's
+        # (test_interrupted_run_resumes_to_the_same_weights); a wrong resume is off by far more.
+        for n in wa:
+            torch.testing.assert_close(wb[n], wa[n], rtol=1e-5, atol=1e-6)
+
+
 def test_checkpoint_of_other_settings_is_discarded_and_training_restarts(tiny_model, texts, home, monkeypatch):
     real = ActivationStream.next_batch
     _interrupt_at_batch(monkeypatch, 9)
