@@ -41,9 +41,8 @@ def main() -> None:
     contexts, _, _ = pack_contexts(model, dataset, preset.context_size, args.contexts * preset.context_size)
     contexts = contexts[: args.contexts]
 
-    def acts(**kw):
-        parts = list(iter_activations(model, contexts, hook, batch_size=len(contexts), **kw))
-        return parts[0][0], parts[0][1]
+    def acts(**kw):  # one batch: activations and content mask
+        return next(iter_activations(model, contexts, hook, batch_size=len(contexts), **kw))[:2]
     fp32, mask = acts(autocast=False)
     ref = fp32[mask]
     norms = ref.norm(dim=-1)

@@ -209,8 +209,8 @@ def _from_path(path: Path, split: str | None = None):
     if path.is_dir() and not any((path / m).is_file() for m in markers):
         raise ValueError(f"{path} is a folder but not a saved Hugging Face dataset (no "
                          f"{' / '.join(markers)}); save it with Dataset.save_to_disk")
-    if not path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".parquet")) and not path.is_dir():
-        raise ValueError(f"cannot read {path}: expected .jsonl, .jsonl.gz, .parquet or a saved dataset folder")
+    if not path.name.endswith(_FILE_SUFFIXES) and not path.is_dir():
+        raise ValueError(f"cannot read {path}: expected {', '.join(_FILE_SUFFIXES)} or a saved dataset folder")
     if (path / "dataset_dict.json").is_file():  # a saved DatasetDict: one split of it
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         if split is not None and split not in splits:
