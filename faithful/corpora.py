@@ -107,9 +107,12 @@ def load_corpus(name_or_path: str | os.PathLike, split: str | None = None, *,
         spec = spec or CorpusSpec(name, name)
         ds = _from_hub(spec, split or spec.split, n_docs)
     else:
+        shared = storage.shared_data_dir()
+        where = (f"not a file of the shared data folder ({shared})" if shared else
+                 f"and there is no shared data folder (set FAITHFUL_DATA_DIR to the folder of the "
+                 f"NAME.jsonl.gz samples; {storage.home().parent / 'shared' / 'data'} does not exist)")
         raise ValueError(
-            f"unknown corpus {name!r}: no such path, not a file of the shared data folder "
-            f"({storage.shared_data_dir()}) and not a hub dataset id. Available locally: "
+            f"unknown corpus {name!r}: no such path, {where}, and not a hub dataset id. Available locally: "
             f"{', '.join(local_corpora()) or 'none'}; from the hub (registry): {', '.join(sorted(CORPORA))}")
     if len(ds) == 0:
         raise ValueError(f"corpus {name!r} holds no rows: give it at least one text")

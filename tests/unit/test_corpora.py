@@ -135,6 +135,13 @@ def test_offline_hub_corpus_lists_local_names(data_dir, monkeypatch):
         faithful.load_corpus("mini_web", n_docs=0)
 
 
+def test_unknown_name_without_a_shared_data_folder_says_how_to_set_one(home, monkeypatch):
+    monkeypatch.delenv("FAITHFUL_DATA_DIR", raising=False)
+    with pytest.raises(ValueError, match="no shared data folder .set FAITHFUL_DATA_DIR") as err:
+        faithful.load_corpus("wikipedia_en_sample")
+    assert "Available locally: none" in str(err.value)
+
+
 @needs_shared
 def test_shared_samples_used_by_the_notebooks(monkeypatch):
     monkeypatch.setenv("FAITHFUL_DATA_DIR", str(SHARED))
