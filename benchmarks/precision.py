@@ -6,6 +6,8 @@
    tokens whose fp32 norm is over 5× the median), and the distance of the whole batch with the
    share of its squared error that the sinks carry.
 2. With ``--sae`` (a run folder; default: the first finished run of the profile on ``--corpus``):
+   its explained variance on the fp32 activations of part 1, with and without the sinks (they
+   hold most of the variance about the mean, so they decide the metric), then
    ``reconstruction_metrics`` on ``--tokens`` tokens of the corpus in bf16 and in fp32.
 
     python benchmarks/precision.py [--corpus wikipedia_en_sample] [--contexts 32] [--tokens 8000] [--sae PATH]
@@ -67,6 +69,16 @@ def main() -> None:
             return
         path = runs[0]["path"]
     sae = faithful.load_sae(path)
+    with torch.no_grad():
+        sq_err = (sae.decode(sae.encode(ref)) - ref).pow(2).sum(-1)
+    sq_dev = (ref - ref.mean(0)).pow(2).sum(-1)
+
+    def ev(sel):
+        return float(1 - sq_err[sel].sum() / sq_dev[sel].sum())
+    every = torch.ones_like(sinks)
+    print(f"\n{path} on the fp32 activations above: explained variance {ev(every):.3f} with the sinks, "
+          f"{ev(~sinks):.3f} without them; the sinks hold {float(sq_dev[sinks].sum() / sq_dev.sum()):.0%} of "
+          f"the variance about the mean and {float(sq_err[sinks].sum() / sq_err.sum()):.0%} of the squared error")
     print(f"\nreconstruction_metrics of {path} on {args.tokens:,} tokens of {args.corpus}:")
     for autocast in (True, False):
         t = time.perf_counter()
