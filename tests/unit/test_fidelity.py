@@ -100,6 +100,28 @@ def test_zero_sae_matches_hand_computed_ablation(tiny_model, tokens, content_act
     assert abs(r.ce_diff) > 1e-3  # (a random model: ablation may even lower its near-uniform CE)
 
 
+def test_explained_variance_without_sinks_leaves_out_only_the_outlier_tokens():
+    """Two planted sinks (norm ≫ 5× the median) reconstructed exactly, the rest half-way: with
+    them the variance is theirs and explained; without them it is the hand-computed 0.75."""
+    torch.manual_seed(0)
+    x = torch.randn(200, 16, dtype=torch.float64)
+    x[[3, 150]] *= 100
+    x_hat = x.clone()
+    typical = torch.ones(200, dtype=torch.bool)
+    typical[[3, 150]] = False
+    x_hat[typical] = x[typical] * 0.5 + x[typical].mean(0) * 0.5  # halves each deviation from the mean
+    acc = fidelity._Acc(16)
+    acc.add_acts(x[:120].float(), x_hat[:120].float(), torch.ones(120, 4))  # two batches, one sink each
+    acc.add_acts(x[120:].float(), x_hat[120:].float(), torch.ones(80, 4))
+    r = acc.result(16, hook=HOOK, context_size=32, seed=0)
+    xt, et = x[typical], (x - x_hat)[typical]
+    by_hand = 1 - et.pow(2).sum(1).mean() / (xt - xt.mean(0)).pow(2).sum(1).mean()
+    assert r.n_sinks == 2 and r.n_tokens == 200
+    assert r.explained_variance_without_sinks == pytest.approx(by_hand.item(), rel=1e-6)
+    assert r.explained_variance_without_sinks == pytest.approx(0.75, abs=1e-6)
+    assert r.explained_variance > 0.99  # the sinks' variance dominates and is reconstructed exactly
+
+
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.hook_mlp_out"])
 def test_fast_restart_equals_full_spliced_pass(tiny_model, tokens, hook):
     sae = random_sae(tiny_model.cfg.d_model, hook=hook)
