@@ -328,7 +328,8 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
 
     ``saes``: label → SAE or checkpoint folder (all at the same hook). ``eval_sets``: label →
     anything :func:`eval_contexts` takes. With ``out_dir`` each finished column is written to
-    ``out_dir/columns/<label>.json`` and reused when asked again with the same settings and rows;
+    ``out_dir/columns/<label>.json`` and reused when asked again with the same settings, rows and
+    evaluation tokens (a digest of them: the label alone may name other data next time);
     the matrix itself is saved there (JSON + PNG).
     """
     from tqdm.auto import tqdm
@@ -345,16 +346,18 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
                 "sink_norm_ratio": SINK_NORM_RATIO, "hook": hook, "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
     cells: dict[str, dict[str, FidelityResult]] = {r: {} for r in saes}
     for col, ds in tqdm(eval_sets.items(), desc="evaluation sets", disable=not progress):
-        cached = _load_column(out_dir, col, settings, list(saes))
+        tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed)
+        # A column is reused only for the same tokens: a label may name other data next time.
+        col_settings = {**settings, "tokens": _digest(tokens)}
+        cached = _load_column(out_dir, col, col_settings, list(saes))
         if cached is None:
-            tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed)
             accs = _evaluate(model, saes, tokens, hook, batch_size=batch_size, autocast=autocast,
                              progress=progress, desc=col)
             cached = {r: accs[r].result(saes[r].cfg.d_in, hook=hook, context_size=context_size, seed=seed,
                                         sae=r, dataset=col) for r in saes}
             if out_dir is not None:
                 storage.write_json(Path(out_dir) / "columns" / f"{_safe(col)}.json",
-                                   {"settings": settings, "cells": {r: v.to_dict() for r, v in cached.items()}})
+                                   {"settings": col_settings, "cells": {r: v.to_dict() for r, v in cached.items()}})
         for r in saes:
             cells[r][col] = cached[r]
     matrix = FidelityMatrix(list(saes), list(eval_sets), cells, model_name(model), settings)
@@ -385,6 +388,13 @@ def _load_column(out_dir, col: str, settings: dict, rows: list[str]) -> dict[str
     if d.get("settings") != settings or sorted(d.get("cells", {})) != sorted(rows):
         return None
     return {r: FidelityResult(**v) for r, v in d["cells"].items()}
+
+
+def _digest(tokens: torch.Tensor) -> str:
+    """A short digest of an evaluation set's packed tokens."""
+    import hashlib
+
+    return hashlib.sha256(tokens.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def _fingerprint(sae) -> str:

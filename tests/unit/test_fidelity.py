@@ -233,6 +233,12 @@ def test_matrix_cells_heatmaps_and_reuse(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(fidelity, "_evaluate", lambda *a, **k: pytest.fail("recomputed a cached column"))
     again = faithful.fidelity_matrix(tiny_model, saes, sets, out_dir=tmp_path, **kw)
     assert again.values("l2").tolist() == m.values("l2").tolist()
+    # the same label on other data is evaluated again, not read from the old column
+    monkeypatch.undo()
+    swapped = faithful.fidelity_matrix(tiny_model, saes, {"first": sets["second"], "second": sets["first"]},
+                                       out_dir=tmp_path, **kw)
+    assert swapped.values("ce_clean").tolist() == m.values("ce_clean")[:, ::-1].tolist()
+    assert swapped.cells["random"]["first"].l2 == pytest.approx(single.l2, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- bad inputs
