@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,8 @@ def faithful_dataset_for(model, profile=None, **overrides) -> Path:
 
 
 def load_faithful_dataset(path: str | os.PathLike):
-    """The dataset written by :func:`generate_faithful_dataset` (memory-mapped, all shards)."""
+    """The dataset written by :func:`generate_faithful_dataset` (memory-mapped, all finished shards;
+    a warning when its generation has not finished)."""
     import datasets
 
     path = Path(path)
@@ -116,6 +118,11 @@ def load_faithful_dataset(path: str | os.PathLike):
     if not files:
         raise FileNotFoundError(f"{path} has no finished shard yet: run generate_faithful_dataset "
                                 "again with the same settings to continue")
+    meta = read_meta(path)
+    if not meta.get("complete", True):
+        warnings.warn(f"{path} is an unfinished Faithful dataset ({meta['tokens']:,} of {meta['n_tokens']:,} "
+                      "tokens: its generation stopped early); run generate_faithful_dataset again with the "
+                      "same settings to finish it", stacklevel=2)
     return datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files])
 
 

@@ -120,6 +120,8 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(tiny_model, home
     # 1) stopped cleanly after two shards (max_shards), then continued
     part = generate_faithful_dataset(tiny_model, 100, out_dir=home / "p", max_shards=2, **SMALL)
     assert read_meta(part)["shards"] == 2 and not read_meta(part)["complete"]
+    with pytest.warns(UserWarning, match="unfinished Faithful dataset .* of 100 tokens.*run generate"):
+        faithful.load_corpus(str(part))
     generate_faithful_dataset(tiny_model, 100, out_dir=part, **SMALL)
     assert rows(part) == rows(ref)
     # 2) killed (Ctrl-C) while writing the third shard
