@@ -106,6 +106,10 @@ def load_corpus(name_or_path: str | os.PathLike, split: str | None = None, *,
     elif spec is not None or _hub_id(name):
         spec = spec or CorpusSpec(name, name)
         ds = _from_hub(spec, split or spec.split, n_docs)
+    elif split is not None and (found := _local_file(name, None, spec)) is not None:
+        raise ValueError(f"corpus {name!r} has no split {split!r} in the shared data folder: a split is read "
+                         f"from NAME_SPLIT{_LOCAL_SUFFIXES[0]}, and {name!r} is {found.name} (its default split); "
+                         "pass split=None for it")
     else:
         shared = storage.shared_data_dir()
         where = (f"not a file of the shared data folder ({shared})" if shared else

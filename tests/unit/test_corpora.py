@@ -133,6 +133,8 @@ def test_offline_hub_corpus_lists_local_names(data_dir, monkeypatch):
             faithful.load_corpus(missing)
     with pytest.raises(ValueError, match="n_docs"):
         faithful.load_corpus("mini_web", n_docs=0)
+    with pytest.raises(ValueError, match="'mini_web' has no split 'test'.*mini_web.jsonl.*split=None"):
+        faithful.load_corpus("mini_web", "test")
 
 
 def test_unknown_name_without_a_shared_data_folder_says_how_to_set_one(home, monkeypatch):
