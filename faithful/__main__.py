@@ -30,14 +30,13 @@ def cmd_convert(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from . import storage
     from .generate import faithful_dataset_for
     from .stats import dataset_stats
 
     model, profile = _model_and_profile(args)
     path = faithful_dataset_for(model, profile)
     stats = dataset_stats(model, path)
-    out = stats.save(storage.results_dir() / "stats" / path.name)
+    out = stats.save()  # results/<model>/dataset_stats/<dataset folder>/, as notebook 02 writes
     print(f"dataset: {path}\nstatistics: {out}")
 
 

@@ -28,3 +28,16 @@ def test_notebooks_step_executes_and_keeps_a_copy(home, tmp_path):
     done = nbformat.read(home / "results" / "notebooks" / "n.ipynb", as_version=4)
     assert done.cells[0].outputs[0]["data"]["text/plain"] == "42"
     assert not nbformat.read(path, as_version=4).cells[0].outputs  # the source stays clean
+
+
+def test_generate_saves_statistics_where_notebook_02_and_the_readme_say(home, tiny_model, monkeypatch):
+    import faithful
+    from faithful import generate
+
+    monkeypatch.setattr(faithful, "load_model", lambda name: tiny_model)
+    small = dict(n_tokens=40, max_length=8, batch_size=4, progress=False)
+    monkeypatch.setattr(generate, "faithful_dataset_for",
+                        lambda model, profile: generate.generate_faithful_dataset(model, **small))
+    main(["generate", "--profile", "smoke"])
+    [folder] = (home / "results" / faithful.model_name(tiny_model) / "dataset_stats").iterdir()
+    assert (folder / "dataset_stats.json").is_file() and (folder / "dataset_stats.png").is_file()
