@@ -14,6 +14,7 @@ Writes are atomic: a file is written to a temporary sibling and renamed into pla
 folder is filled under a temporary name and renamed when complete. A crash, Ctrl-C or a
 full disk leaves either the old artifact or none, never a torn one; what a SIGKILL leaves
 beside it (a temporary sibling) is tidied by :func:`recover` before the artifact is written again.
+:func:`deferred_interrupt` lets a long job finish its step and save before a Ctrl-C stops it.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -145,6 +148,31 @@ def recover(path: str | os.PathLike) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+class _Interrupt:
+    requested = False
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[_Interrupt]:
+    """Ctrl-C (SIGINT, also Jupyter's interrupt) sets ``.requested`` instead of raising, so a long
+    job can save its state at a safe point and then raise ``KeyboardInterrupt`` itself. A second
+    Ctrl-C raises at once. Off the main thread (where Python delivers no signal) it does nothing."""
+    flag = _Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:

@@ -110,7 +110,8 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     ``faithful.sae_preset(model, profile)`` and the profile (``train_tokens``,
     ``train_batch_size``). ``out_dir`` replaces ``runs/`` as the root. ``checkpoint_every``
     (optimiser steps; default: after ``CHECKPOINT_SECONDS`` of wall time) sets how often a
-    resumable checkpoint is written. ``overwrite=True`` retrains runs whose folder holds other settings.
+    resumable checkpoint is written; Ctrl-C (or Jupyter's interrupt) also writes one after the
+    current step, then stops. ``overwrite=True`` retrains runs whose folder holds other settings.
     ``b_dec_init`` starts the decoder bias at the data's geometric median or at zero (:data:`B_DEC_INITS`).
     """
     from .corpora import load_corpus
@@ -269,22 +270,28 @@ class _Run:
         bar = tqdm(total=self.steps * self.s.batch_size, initial=step * self.s.batch_size,
                    unit="tok", desc=f"SAEs {self.s.dataset} seeds {self.seeds}", disable=not self.progress)
         log_every = max(1, self.steps // 50)
-        while step < self.steps:
-            batch = self.stream.next_batch(self.s.batch_size)
-            for seed, tr in self.trainers.items():
-                t = time.perf_counter()
-                out = tr.step(batch)
-                self.sae_seconds[seed] += time.perf_counter() - t
-                if (step + 1) % log_every == 0 or step + 1 == self.steps:
-                    self._log(seed, tr, out)
-                tr.n_training_steps += 1
-            step += 1
-            bar.update(self.s.batch_size)
-            due = (step % self.every == 0 if self.every else
-                   time.perf_counter() - self.last_checkpoint >= CHECKPOINT_SECONDS)
-            if due and step < self.steps:
-                self._checkpoint(step)
-                self.last_checkpoint = time.perf_counter()
+        # Ctrl-C ends the current step, saves a checkpoint there and then stops (a second one at once).
+        with storage.deferred_interrupt() as interrupt:
+            while step < self.steps:
+                batch = self.stream.next_batch(self.s.batch_size)
+                for seed, tr in self.trainers.items():
+                    t = time.perf_counter()
+                    out = tr.step(batch)
+                    self.sae_seconds[seed] += time.perf_counter() - t
+                    if (step + 1) % log_every == 0 or step + 1 == self.steps:
+                        self._log(seed, tr, out)
+                    tr.n_training_steps += 1
+                step += 1
+                bar.update(self.s.batch_size)
+                due = interrupt.requested or (step % self.every == 0 if self.every else
+                                              time.perf_counter() - self.last_checkpoint >= CHECKPOINT_SECONDS)
+                if due and step < self.steps:
+                    self._checkpoint(step)
+                    self.last_checkpoint = time.perf_counter()
+                if interrupt.requested and step < self.steps:
+                    bar.close()
+                    raise KeyboardInterrupt(f"training stopped at step {step} of {self.steps}; "
+                                            "the same call resumes there")
         bar.close()
         self._finish()
 

@@ -58,3 +58,25 @@ def test_home_env(monkeypatch, tmp_path):
     assert storage.runs_dir() == tmp_path / "runs"
     monkeypatch.setenv("FAITHFUL_DATA_DIR", str(tmp_path / "d"))
     assert storage.shared_data_dir() == tmp_path / "d"
+
+
+def test_deferred_interrupt_flags_the_first_ctrl_c_raises_the_second_and_restores_the_handler():
+    import os
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGINT)
+    with storage.deferred_interrupt() as interrupt:
+        assert not interrupt.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupt.requested  # flagged, not raised
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):  # the handler runs between bytecodes
+                pass
+    assert signal.getsignal(signal.SIGINT) is before
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(storage.deferred_interrupt().__enter__().requested))
+    thread.start()
+    thread.join()
+    assert seen == [False] and signal.getsignal(signal.SIGINT) is before  # off the main thread: untouched

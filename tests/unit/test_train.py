@@ -7,6 +7,7 @@ import torch
 
 import faithful
 from faithful import storage, train
+from faithful.topk_step import TopKTrainer
 from faithful.train_stream import ActivationStream, pack_contexts
 
 SHARED = storage.shared_data_dir()  # read before the `home` fixture moves FAITHFUL_HOME
@@ -205,6 +206,33 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
         wa, wb = _weights(a), _weights(b)
         assert all(torch.equal(wa[n], wb[n]) for n in wa)
     assert not (home / "cut" / ".seed42.resume").exists()
+
+
+def test_ctrl_c_checkpoints_after_the_current_step_then_resumes_to_the_same_weights(tiny_model, texts, home,
+                                                                                   monkeypatch):
+    import os
+    import signal
+
+    whole = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "whole", **SMALL)
+    real, calls = TopKTrainer.step, []
+
+    def step(tr, batch):  # Ctrl-C arrives during seed 42's 8th step, before seed 49's
+        calls.append(1)
+        if len(calls) == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(tr, batch)
+    monkeypatch.setattr(TopKTrainer, "step", step)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 8 of"):
+        faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", **SMALL)
+    assert signal.getsignal(signal.SIGINT) is before  # the usual Ctrl-C again
+    assert len(calls) == 16  # both seeds finished step 8, and nothing ran after it
+    assert storage.read_json(home / "cut" / ".seed49.resume" / "resume.json")["step"] == 8
+    monkeypatch.setattr(TopKTrainer, "step", real)
+    resumed = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", **SMALL)
+    for a, b in zip(whole, resumed):
+        wa, wb = _weights(a), _weights(b)
+        assert all(torch.equal(wa[n], wb[n]) for n in wa)
 
 
 _KILLED_CHILD = """
