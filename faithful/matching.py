@@ -176,6 +176,11 @@ def shared_feature_ratio(sae_a, sae_b, threshold: float = 0.7, *, chunk_size: in
         raise ValueError(f"threshold is a cosine similarity and must lie in [-1, 1], got {threshold}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    sae_a, sae_b = (x if isinstance(x, (np.ndarray, torch.Tensor)) else load_sae(x) for x in (sae_a, sae_b))
+    hooks = [getattr(getattr(x, "cfg", None) and x.cfg.metadata, "hook_name", None) for x in (sae_a, sae_b)]
+    if None not in hooks and hooks[0] != hooks[1]:
+        raise ValueError(f"cannot match SAEs of different hooks ({hooks[0]} vs {hooks[1]}): their decoder "
+                         "directions live in different spaces; compare SAEs trained at the same hook")
     wa, wb = decoder_matrix(sae_a), decoder_matrix(sae_b)
     if wa.shape[1] != wb.shape[1]:
         raise ValueError(f"cannot match SAEs of different input widths: d_in {wa.shape[1]} vs "

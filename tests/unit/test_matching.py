@@ -105,8 +105,14 @@ def test_accepts_saes_checkpoints_and_ndarrays(tmp_path):
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):
+    from known_saes import topk_sae
+
     with pytest.raises(ValueError, match="different input widths: d_in 16 vs 32"):
         shared_feature_ratio(_rand(8, 16, 0), _rand(8, 32, 1))
+    at_10, at_22 = topk_sae(16, 32, 4, "blocks.10.hook_resid_post"), topk_sae(16, 32, 4, "blocks.22.hook_resid_post")
+    with pytest.raises(ValueError, match="different hooks .blocks.10.hook_resid_post vs blocks.22"):
+        shared_feature_ratio(at_10, at_22)
+    assert shared_feature_ratio(at_10, at_22.W_dec).d_sae_b == 32  # a bare matrix has no hook to compare
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         shared_feature_ratio(_rand(8, 16, 0), _rand(8, 16, 1), threshold=1.5)
     with pytest.raises(ValueError, match="2-D"):
