@@ -25,6 +25,7 @@ matrix). At d_sae 16,384 that is one 2.1 GB array. ``benchmarks/matching.py`` me
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
@@ -307,17 +308,20 @@ def sfr_table(runs: Mapping[Hashable, Sequence], threshold: float = 0.7, *,
         key_t = key if isinstance(key, tuple) else (key,)
         if len(key_t) != len(index):
             raise ValueError(f"key {key!r} has {len(key_t)} parts but index names {index}; pass index= to match")
-        if len(saes) < 2:
-            raise ValueError(f"{key!r} has {len(saes)} SAE(s); SFR compares at least two seeds of one configuration")
-        decs = [decoder_matrix(s) for s in saes]
+        if isinstance(saes, (str, os.PathLike)) or len(saes) < 2:
+            got = "one path" if isinstance(saes, (str, os.PathLike)) else f"{len(saes)} SAE(s)"
+            raise ValueError(f"runs[{key!r}] holds {got}; give a list of two or more SAEs of one configuration "
+                             "(its seeds), e.g. train_corpora(model, profile)")
+        saes = [s if isinstance(s, (np.ndarray, torch.Tensor)) else load_sae(s) for s in saes]
         results = [shared_feature_ratio(a, b, threshold, chunk_size=chunk_size)
-                   for a, b in itertools.combinations(decs, 2)]
-        shapes.update((d.shape[0], d.shape[1]) for d in decs)
+                   for a, b in itertools.combinations(saes, 2)]
+        group_shapes = [tuple(decoder_matrix(s).shape) for s in saes]
+        shapes.update(group_shapes)
         rows.append({**dict(zip(index, key_t)), "sfr": float(np.mean([r.ratio for r in results])),
                      "sfr_pairs": [r.ratio for r in results],
                      "top1": float(np.mean([r.top1_ratio for r in results])),
                      "mean_matched_similarity": float(np.mean([r.similarities.mean() for r in results])),
-                     "d_sae": int(decs[0].shape[0])})
+                     "d_sae": int(group_shapes[0][0])})
     chance_map = {f"{d}x{i}": chance_sfr(d, i, threshold, chunk_size=chunk_size).ratio
                   for d, i in sorted(shapes)} if chance else {}
     return SFRTable(index=index, rows=rows, threshold=float(threshold), chance=chance_map, name=name)

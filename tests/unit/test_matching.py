@@ -156,7 +156,9 @@ def test_result_and_table_save(tmp_path):
 
     cross = sfr_table({("m1", "m1"): [a, a], ("m1", "m2"): [a, b]}, index=("target", "source"), chance=False)
     assert [r["source"] for r in cross.rows] == ["m1", "m2"] and cross.rows[1]["sfr"] < 0.5
-    with pytest.raises(ValueError, match="at least two seeds"):
+    with pytest.raises(ValueError, match=r"runs\['x'\] holds 1 SAE\(s\); give a list of two or more"):
         sfr_table({"x": [a]})
+    with pytest.raises(ValueError, match=r"runs\['x'\] holds one path"):
+        sfr_table({"x": str(tmp_path)})
     with pytest.raises(ValueError, match="index"):
         sfr_table({("m1", "m2"): [a, a]})
