@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from .activations import iter_activations, tokenize_texts
-from .saes import sae_hook
+from .saes import load_sae, sae_hook
 
 
 @dataclass
@@ -37,9 +37,21 @@ class FeatureExamples:
 
 
 @torch.no_grad()
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings (one per context), e.g. "
+                         "load_corpus(name)['text'][:64]" + ("; got one string" if isinstance(texts, str) else ""))
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: give the texts whose contexts the browser shows")
+    return texts
+
+
 def feature_examples(model, sae, texts: Sequence[str], *, context_size: int = 64, n_top: int = 5,
                      batch_size: int = 16, hook: str | None = None, progress: bool = True) -> FeatureExamples:
     """Run ``texts`` through the model and the SAE; keep each latent's ``n_top`` best contexts."""
+    sae = load_sae(sae)
+    texts = _check_texts(texts)
     hook = sae_hook(model, sae, hook)
     if sae.cfg.d_in != model.cfg.d_model:
         raise ValueError(f"SAE width d_in={sae.cfg.d_in} does not match the model's d_model="
@@ -122,6 +134,8 @@ class FeatureBrowser:
                  progress: bool = True):
         from .matching import shared_feature_ratio
 
+        sae_a, sae_b = load_sae(sae_a), load_sae(sae_b)
+        texts = _check_texts(texts)
         self.model, self.saes, self.names = model, (sae_a, sae_b), names
         self.sfr = sfr if sfr is not None else shared_feature_ratio(sae_a, sae_b, threshold)
         self.examples = tuple(feature_examples(model, s, texts, context_size=context_size, n_top=n_top,

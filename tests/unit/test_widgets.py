@@ -66,3 +66,17 @@ def test_browser_lists_shared_and_orphans_of_a_planted_pair(tiny_model):
         browser.html("shared", 6)
     w = browser.widget  # builds without a front end
     assert "SFR 0.375" in w.children[0].value
+
+
+def test_browser_takes_checkpoint_folders_and_refuses_bad_texts(tiny_model, tmp_path):
+    a, b = _sae(tiny_model, seed=0), _sae(tiny_model, seed=1)
+    a.save_model(str(tmp_path / "a"))
+    b.save_model(str(tmp_path / "b"))
+    by_path = widgets.FeatureBrowser(tiny_model, tmp_path / "a", str(tmp_path / "b"), TEXTS, context_size=16,
+                                     progress=False)
+    by_object = widgets.FeatureBrowser(tiny_model, a, b, TEXTS, context_size=16, progress=False)
+    assert by_path.counts() == by_object.counts()
+    with pytest.raises(ValueError, match="list of strings.*got one string"):
+        widgets.FeatureBrowser(tiny_model, a, b, "hello world", progress=False)
+    with pytest.raises(ValueError, match="texts is empty"):
+        widgets.feature_examples(tiny_model, a, [], progress=False)
