@@ -149,7 +149,11 @@ class DatasetStats:
 
 def dataset_stats(model, dataset, *, name: str | None = None, max_docs: int | None = None,
                   epsilon: float = EPSILON) -> DatasetStats:
-    """Statistics of ``dataset`` (see the module docstring) for ``model``."""
+    """Statistics of ``dataset`` (see the module docstring) for ``model``.
+
+    ``dataset``: a ``datasets.Dataset`` (``token_ids`` or ``text``), a list of texts or of token-id
+    lists, or anything :func:`faithful.load_corpus` takes (a name, a file, a saved dataset; a
+    Faithful dataset folder's generated token ids are used as they are)."""
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0 (additive smoothing), got {epsilon}")
     docs, default_name = _documents(model, dataset, max_docs)
@@ -248,18 +252,17 @@ def _documents(model, dataset, max_docs: int | None) -> tuple[list[np.ndarray], 
     import datasets as hfds
 
     name = "dataset"
-    if isinstance(dataset, (str, os.PathLike)):
-        path = Path(dataset)
-        name = path.name
+    if isinstance(dataset, (str, os.PathLike)):  # whatever load_corpus takes: a name, a file, a folder
+        from .corpora import load_corpus
+        from .runs import dataset_label
+
         from .generate import META_FILE, load_faithful_dataset
 
-        if (path / META_FILE).is_file():
-            dataset = load_faithful_dataset(path)
-        elif path.is_dir():
-            dataset = hfds.load_from_disk(str(path))
+        name = dataset_label(dataset)
+        if (Path(dataset) / META_FILE).is_file():  # the generated token ids, not a re-tokenisation
+            dataset = load_faithful_dataset(dataset)
         else:
-            raise FileNotFoundError(f"{path} is not a dataset folder; pass a datasets.Dataset, a "
-                                    "list of texts, or a folder from generate_faithful_dataset")
+            dataset = load_corpus(dataset, model=model)
     if max_docs is not None:
         if max_docs <= 0:
             raise ValueError(f"max_docs must be positive, got {max_docs}")

@@ -1,5 +1,6 @@
 """Dataset statistics against hand-computed answers."""
 import copy
+import json
 import math
 
 import numpy as np
@@ -112,5 +113,15 @@ def test_bad_inputs(tiny_model, home):
         dataset_stats(tiny_model, [[5]], epsilon=0)
     with pytest.raises(TypeError, match="cannot read"):
         dataset_stats(tiny_model, {"text": "x"})
-    with pytest.raises(FileNotFoundError, match="not a dataset folder"):
+    with pytest.raises(ValueError, match="unknown corpus .*nothing-here.*no such path"):
         dataset_stats(tiny_model, home / "nothing-here")
+
+
+def test_any_corpus_load_corpus_takes(tiny_model, home):
+    """A .jsonl file (like a corpus name or saved dataset) is read through load_corpus."""
+    texts = ["the cat sat on the mat", "a dog ran in the park", "the end"]
+    path = home / "mini.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    by_path, by_list = dataset_stats(tiny_model, path), dataset_stats(tiny_model, texts)
+    assert by_path.name == "mini" and by_path.total_tokens == by_list.total_tokens > 0
+    assert by_path.all_token_coverage == by_list.all_token_coverage > 0
