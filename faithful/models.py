@@ -127,14 +127,21 @@ def sae_preset(model, profile=None) -> SAEPreset:
 
 
 def hook_name(model, layer: int | None = None, site: str = "resid_post") -> str:
-    """``blocks.{layer}.hook_{site}``, checking the layer against the model's depth."""
+    """``blocks.{layer}.hook_{site}``, checking the layer against the model's depth and the hook
+    against the model's hooks."""
     layer = default_layer(model) if layer is None else int(layer)
     n = model.cfg.n_layers
     if not 0 <= layer < n:
         raise ValueError(f"layer {layer} is out of range for {model_name(model)}, which has {n} "
                          f"layers: pass a layer in 0..{n - 1} (the paper's choice is "
                          f"{default_layer(model)}, from faithful.default_layer(model))")
-    return f"blocks.{layer}.hook_{site}"
+    hook = f"blocks.{layer}.hook_{site}"
+    hooks = getattr(model, "hook_dict", None)
+    if hooks is not None and hook not in hooks:
+        sites = sorted({h.split(".", 2)[2].removeprefix("hook_") for h in hooks
+                        if h.startswith(f"blocks.{layer}.") and h.count(".") == 2})
+        raise ValueError(f"{model_name(model)} has no hook {hook!r}; sites of a block: {', '.join(sites)}")
+    return hook
 
 
 def start_token_id(model) -> int:

@@ -24,6 +24,8 @@ def test_hook_name_checks_layer(tiny_model):
         faithful.hook_name(tiny_model, 5)
     with pytest.raises(ValueError, match="out of range"):
         faithful.hook_name(tiny_model, -1)
+    with pytest.raises(ValueError, match="no hook 'blocks.1.hook_bogus'; sites of a block: .*mlp_out.*resid_post"):
+        faithful.hook_name(tiny_model, 1, "bogus")
 
 
 def test_unknown_model_name_suggests():
