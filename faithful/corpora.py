@@ -156,16 +156,29 @@ def to_text(ds, text_field: str = "text", source: str = "dataset"):
     """Give ``ds`` a ``text`` column (from ``text_field``, the Alpaca template or FLAN's fields)."""
     cols = ds.column_names
     if "text" in cols:
-        return ds
+        return _checked_text(ds, source)
     if {"instruction", "output"} <= set(cols):
         return ds.map(_alpaca_text, desc="Alpaca template")
     if {"inputs", "targets"} <= set(cols):
         return ds.map(lambda r: {"text": f"{r['inputs']}\n\n{r['targets']}"})
     if text_field in cols:
-        return ds.rename_column(text_field, "text")
+        return _checked_text(ds.rename_column(text_field, "text"), source)
     raise ValueError(f"{source} has no text column: its columns are {cols}. Give it a 'text' column "
                      "(e.g. ds.rename_column('sentence', 'text')), or instruction/input/output "
                      "columns for the Alpaca template.")
+
+
+def _checked_text(ds, source: str):
+    """``ds`` if its ``text`` column holds strings without nulls (read from Arrow's metadata)."""
+    feature = ds.features["text"]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise ValueError(f"{source}'s text column holds {feature}, not strings: convert it, e.g. "
+                         "ds.map(lambda r: {'text': str(r['text'])})")
+    if ds._indices is None and ds.data.column("text").null_count:
+        row = ds.data.column("text").to_pylist().index(None)
+        raise ValueError(f"{source} has {ds.data.column('text').null_count} rows whose text is null "
+                         f"(the first: row {row}); drop them, e.g. ds.filter(lambda r: r['text'] is not None)")
+    return ds
 
 
 def _alpaca_text(row) -> dict:

@@ -113,6 +113,12 @@ def test_dataset_without_text_names_its_columns(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(ValueError, match="not a saved Hugging Face dataset"):
         faithful.load_corpus(tmp_path / "folder")
+    _write_jsonl(tmp_path / "nulls.jsonl", [{"text": "fine"}, {"text": None}, {"text": None}])
+    with pytest.raises(ValueError, match=r"nulls.jsonl has 2 rows whose text is null \(the first: row 1\)"):
+        faithful.load_corpus(tmp_path / "nulls.jsonl")
+    _write_jsonl(tmp_path / "numbers.jsonl", [{"text": 1}, {"text": 2}])
+    with pytest.raises(ValueError, match="numbers.jsonl's text column holds .*int64.*not strings"):
+        faithful.load_corpus(tmp_path / "numbers.jsonl")
 
 
 def test_offline_hub_corpus_lists_local_names(data_dir, monkeypatch):
