@@ -182,6 +182,12 @@ def _given(value, default):
 
 
 def _check_args(model, architecture, d_sae, k, lr, ctx, n_tokens, batch_size, seeds, b_dec_init):
+    counts = {"d_sae": d_sae, "k": k, "context_size": ctx, "n_tokens": n_tokens, "batch_size": batch_size}
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(seeds, (int, str)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise TypeError(f"seeds must be a tuple of integers, e.g. seeds=(42,) for one seed, got {seeds!r}")
     if b_dec_init not in B_DEC_INITS:
         raise ValueError(f"b_dec_init={b_dec_init!r} is not one of {B_DEC_INITS}")
     if architecture != "topk":

@@ -359,6 +359,17 @@ def test_bad_arguments(tiny_model, texts, home, bad, match):
         faithful.train_saes(tiny_model, texts, **{**SMALL, **bad})
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(seeds=42), r"seeds must be a tuple of integers, e\.g\. seeds=\(42,\)"),
+    (dict(seeds=(42, "49")), "seeds must be a tuple of integers"),
+    (dict(k=4.5), "k must be a whole number, got 4.5"),
+    (dict(batch_size=128.0), "batch_size must be a whole number"),
+])
+def test_wrong_types_are_named(tiny_model, texts, home, bad, match):
+    with pytest.raises(TypeError, match=match):
+        faithful.train_saes(tiny_model, texts, **{**SMALL, **bad})
+
+
 def test_bad_datasets(tiny_model, home):
     with pytest.raises(ValueError, match="sentence"):
         faithful.train_saes(tiny_model, datasets.Dataset.from_dict({"sentence": ["a b c"]}), **SMALL)
