@@ -36,17 +36,17 @@ class FeatureExamples:
     """[d_sae] fraction of content tokens on which the latent fires (> 0)."""
 
 
-@torch.no_grad()
 def _check_texts(texts) -> list[str]:
+    texts = texts if isinstance(texts, str) else list(texts)
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a list of strings (one per context), e.g. "
                          "load_corpus(name)['text'][:64]" + ("; got one string" if isinstance(texts, str) else ""))
-    texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give the texts whose contexts the browser shows")
     return texts
 
 
+@torch.no_grad()
 def feature_examples(model, sae, texts: Sequence[str], *, context_size: int = 64, n_top: int = 5,
                      batch_size: int = 16, hook: str | None = None, progress: bool = True) -> FeatureExamples:
     """Run ``texts`` through the model and the SAE; keep each latent's ``n_top`` best contexts."""

@@ -76,6 +76,9 @@ def test_browser_takes_checkpoint_folders_and_refuses_bad_texts(tiny_model, tmp_
                                      progress=False)
     by_object = widgets.FeatureBrowser(tiny_model, a, b, TEXTS, context_size=16, progress=False)
     assert by_path.counts() == by_object.counts()
+    assert not by_path.examples[0].values.requires_grad  # no autograd graph kept over every batch
+    from_generator = widgets.feature_examples(tiny_model, a, (t for t in TEXTS), context_size=16, progress=False)
+    assert torch.equal(from_generator.contexts, by_object.examples[0].contexts)
     with pytest.raises(ValueError, match="list of strings.*got one string"):
         widgets.FeatureBrowser(tiny_model, a, b, "hello world", progress=False)
     with pytest.raises(ValueError, match="texts is empty"):
