@@ -258,9 +258,11 @@ def _documents(model, dataset, max_docs: int | None) -> tuple[list[np.ndarray], 
 
         from .generate import META_FILE, load_faithful_dataset
 
-        name = dataset_label(dataset)
-        if (Path(dataset) / META_FILE).is_file():  # the generated token ids, not a re-tokenisation
-            dataset = load_faithful_dataset(dataset)
+        name, path = dataset_label(dataset), Path(dataset)
+        if (path / META_FILE).is_file():  # the generated token ids, not a re-tokenisation
+            dataset = load_faithful_dataset(path)
+        elif (path / "dataset_info.json").is_file():  # a saved Dataset: token_ids, or text
+            dataset = hfds.load_from_disk(str(path))
         else:
             dataset = load_corpus(dataset, model=model)
     if max_docs is not None:

@@ -125,3 +125,8 @@ def test_any_corpus_load_corpus_takes(tiny_model, home):
     by_path, by_list = dataset_stats(tiny_model, path), dataset_stats(tiny_model, texts)
     assert by_path.name == "mini" and by_path.total_tokens == by_list.total_tokens > 0
     assert by_path.all_token_coverage == by_list.all_token_coverage > 0
+    import datasets
+
+    ids = [[5, 6, 7], [8, 5]]
+    datasets.Dataset.from_dict({"token_ids": ids}).save_to_disk(str(home / "ids"))  # no text column
+    assert dataset_stats(tiny_model, home / "ids").total_tokens == dataset_stats(tiny_model, ids).total_tokens == 5
