@@ -158,9 +158,11 @@ class _Interrupt:
 def deferred_interrupt() -> Iterator[_Interrupt]:
     """Ctrl-C (SIGINT, also Jupyter's interrupt) sets ``.requested`` instead of raising, so a long
     job can save its state at a safe point and then raise ``KeyboardInterrupt`` itself. A second
-    Ctrl-C raises at once. Off the main thread (where Python delivers no signal) it does nothing."""
+    Ctrl-C raises at once. Off the main thread (where Python delivers no signal), or where SIGINT is
+    ignored or handled outside Python, it changes nothing."""
     flag = _Interrupt()
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous in (None, signal.SIG_IGN):  # off the main thread, ignored (`cmd &`), or set from C: leave it
         yield flag
         return
 
@@ -168,7 +170,7 @@ def deferred_interrupt() -> Iterator[_Interrupt]:
         if flag.requested:
             raise KeyboardInterrupt
         flag.requested = True
-    previous = signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, handler)
     try:
         yield flag
     finally:

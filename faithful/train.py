@@ -18,6 +18,7 @@ ends with the same weights as an uninterrupted run.
 """
 from __future__ import annotations
 
+import numbers
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -124,6 +125,8 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     lr, ctx = _given(lr, preset.lr), _given(context_size, preset.context_size)
     n_tokens, batch_size = _given(n_tokens, profile.train_tokens), _given(batch_size, profile.train_batch_size)
     _check_args(model, architecture, d_sae, k, lr, ctx, n_tokens, batch_size, seeds, b_dec_init)
+    d_sae, k, ctx, n_tokens, batch_size = map(int, (d_sae, k, ctx, n_tokens, batch_size))
+    seeds = tuple(int(s) for s in seeds)
     if isinstance(dataset, (str, Path)):
         dataset_name = dataset_name or dataset_label(dataset)
         dataset = load_corpus(dataset, model=model, profile=profile)
@@ -181,13 +184,18 @@ def _given(value, default):
     return default if value is None else value
 
 
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy ints too
+
+
 def _check_args(model, architecture, d_sae, k, lr, ctx, n_tokens, batch_size, seeds, b_dec_init):
     counts = {"d_sae": d_sae, "k": k, "context_size": ctx, "n_tokens": n_tokens, "batch_size": batch_size}
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not _whole(value):
             raise TypeError(f"{name} must be a whole number, got {value!r}")
-    if isinstance(seeds, (int, str)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if isinstance(seeds, (numbers.Integral, str)) or not all(_whole(s) for s in seeds):
         raise TypeError(f"seeds must be a tuple of integers, e.g. seeds=(42,) for one seed, got {seeds!r}")
+    seeds = tuple(seeds)
     if b_dec_init not in B_DEC_INITS:
         raise ValueError(f"b_dec_init={b_dec_init!r} is not one of {B_DEC_INITS}")
     if architecture != "topk":
@@ -300,6 +308,8 @@ class _Run:
                                             "the same call resumes there")
         bar.close()
         self._finish()
+        if interrupt.requested:  # during the last step: the run is saved, and the caller still stops
+            raise KeyboardInterrupt("training finished its last step and was saved; the same call reuses it")
 
     def _init_from_data(self) -> None:
         """Activation scale (SAELens's ``expected_average_only_in``) and, by default, the decoder

@@ -233,6 +233,24 @@ def test_ctrl_c_checkpoints_after_the_current_step_then_resumes_to_the_same_weig
     for a, b in zip(whole, resumed):
         wa, wb = _weights(a), _weights(b)
         assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    # during the last step: the finished run is saved, and the caller still stops
+    calls.clear()
+    monkeypatch.setattr(TopKTrainer, "step", step)
+    with pytest.raises(KeyboardInterrupt, match="finished its last step and was saved"):
+        faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "last", n_tokens=1024,
+                            **{k: v for k, v in SMALL.items() if k != "n_tokens"})  # 8 steps: call 15 is the last
+    assert (home / "last" / "seed49" / train.RUN_FILE).is_file() and len(calls) == 16
+
+
+def test_ignored_sigint_stays_ignored():
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with storage.deferred_interrupt() as interrupt:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not interrupt.requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 _KILLED_CHILD = """
@@ -368,6 +386,15 @@ def test_bad_arguments(tiny_model, texts, home, bad, match):
 def test_wrong_types_are_named(tiny_model, texts, home, bad, match):
     with pytest.raises(TypeError, match=match):
         faithful.train_saes(tiny_model, texts, **{**SMALL, **bad})
+
+
+def test_numpy_integers_are_whole_numbers(tiny_model, texts, home):
+    import numpy as np
+
+    plain = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "plain", **SMALL)
+    numpy = faithful.train_saes(tiny_model, texts, seeds=np.array([42]), out_dir=home / "numpy",
+                                **{**SMALL, "k": np.int64(SMALL["k"]), "batch_size": np.int32(SMALL["batch_size"])})
+    assert storage.read_json(numpy[0] / train.RUN_FILE)["settings"] == storage.read_json(plain[0] / train.RUN_FILE)["settings"]
 
 
 def test_bad_datasets(tiny_model, home):
