@@ -73,8 +73,8 @@ def main() -> None:
         sq_err = (sae.decode(sae.encode(ref)) - ref).pow(2).sum(-1)
     sq_dev = (ref - ref.mean(0)).pow(2).sum(-1)
 
-    def ev(sel):
-        return float(1 - sq_err[sel].sum() / sq_dev[sel].sum())
+    def ev(sel):  # as FidelityResult computes it: the tokens' own mean
+        return float(1 - sq_err[sel].sum() / (ref[sel] - ref[sel].mean(0)).pow(2).sum())
     every = torch.ones_like(sinks)
     print(f"\n{path} on the fp32 activations above: explained variance {ev(every):.3f} with the sinks, "
           f"{ev(~sinks):.3f} without them; the sinks hold {float(sq_dev[sinks].sum() / sq_dev.sum()):.0%} of "

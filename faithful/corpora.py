@@ -174,10 +174,14 @@ def _checked_text(ds, source: str):
     if getattr(feature, "dtype", None) not in ("string", "large_string"):
         raise ValueError(f"{source}'s text column holds {feature}, not strings: convert it, e.g. "
                          "ds.map(lambda r: {'text': str(r['text'])})")
-    if ds._indices is None and ds.data.column("text").null_count:
-        row = ds.data.column("text").to_pylist().index(None)
-        raise ValueError(f"{source} has {ds.data.column('text').null_count} rows whose text is null "
-                         f"(the first: row {row}); drop them, e.g. ds.filter(lambda r: r['text'] is not None)")
+    import pyarrow.compute as pc
+
+    nulls = pc.is_null(ds.data.column("text"))
+    if ds._indices is not None:  # after select/shuffle/filter: the rows the dataset shows
+        nulls = nulls.take(ds._indices.column(0))
+    if count := pc.sum(nulls).as_py():
+        raise ValueError(f"{source} has {count} rows whose text is null (the first: row "
+                         f"{pc.index(nulls, True).as_py()}); drop them, e.g. ds.filter(lambda r: r['text'] is not None)")
     return ds
 
 

@@ -222,7 +222,8 @@ class _Acc:
         return FidelityResult(ce_clean=self.ce_clean / m, ce_spliced=self.ce_spliced / m,
                               ce_diff=(self.ce_spliced - self.ce_clean) / m, l2=mse, mse_per_element=mse / d_in,
                               explained_variance=ev, l0=self.l0 / n, n_tokens=self.all.n, n_ce_tokens=self.n_ce,
-                              explained_variance_without_sinks=self.typical.mse_and_ev()[1],
+                              explained_variance_without_sinks=self.typical.mse_and_ev()[1] if self.typical.n
+                              else float("nan"),
                               n_sinks=self.all.n - self.typical.n, **labels)
 
 
@@ -343,7 +344,7 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
         raise ValueError(f"all SAEs of a matrix must read the same hook, got {hooks}")
     hook = next(iter(hooks.values()))
     settings = {"n_tokens": n_tokens, "context_size": context_size, "seed": seed, "autocast": autocast,
-                "sink_norm_ratio": SINK_NORM_RATIO, "hook": hook, "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
+                "sink_norm_ratio": SINK_NORM_RATIO, "batch_size": batch_size, "hook": hook, "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
     cells: dict[str, dict[str, FidelityResult]] = {r: {} for r in saes}
     for col, ds in tqdm(eval_sets.items(), desc="evaluation sets", disable=not progress):
         tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed)

@@ -116,6 +116,12 @@ def test_dataset_without_text_names_its_columns(tmp_path):
     _write_jsonl(tmp_path / "nulls.jsonl", [{"text": "fine"}, {"text": None}, {"text": None}])
     with pytest.raises(ValueError, match=r"nulls.jsonl has 2 rows whose text is null \(the first: row 1\)"):
         faithful.load_corpus(tmp_path / "nulls.jsonl")
+    import datasets
+
+    mixed = datasets.Dataset.from_dict({"text": ["a", None, "b", "c"]})
+    with pytest.raises(ValueError, match=r"has 1 rows whose text is null \(the first: row 2\)"):
+        faithful.corpora.to_text(mixed.select([3, 0, 1]))  # an index mapping: rows as the dataset shows them
+    assert faithful.corpora.to_text(mixed.select([3, 0])) is not None
     _write_jsonl(tmp_path / "numbers.jsonl", [{"text": 1}, {"text": 2}])
     with pytest.raises(ValueError, match="numbers.jsonl's text column holds .*int64.*not strings"):
         faithful.load_corpus(tmp_path / "numbers.jsonl")
