@@ -83,7 +83,8 @@ def main() -> None:
     for autocast in (True, False):
         t = time.perf_counter()
         r = reconstruction_metrics(model, sae, dataset, n_tokens=args.tokens, autocast=autocast, progress=False)
-        print(f"  {'bf16' if autocast else 'fp32'}: explained variance {r.explained_variance:.4f}, CE-loss "
+        print(f"  {'bf16' if autocast else 'fp32'}: explained variance {r.explained_variance:.4f} "
+              f"({r.explained_variance_without_sinks:.4f} without its {r.n_sinks} sinks), CE-loss "
               f"difference {r.ce_diff:.4f} nats, L2 {r.l2:,.0f}, L0 {r.l0:.1f} ({time.perf_counter() - t:.0f} s)")
 
 
