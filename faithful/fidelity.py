@@ -14,8 +14,8 @@ token budget (``n_tokens``, ``context_size``, ``seed``):
   a token whose activation norm exceeds :data:`SINK_NORM_RATIO` × its batch's median norm
   (``n_sinks`` counts them). SmolLM2's first content token, when it is punctuation or a function
   word, has a norm ≈75× the median; a handful of such tokens hold most of the variance about the
-  mean and so decide ``explained_variance`` (0.93 against 0.62 without them for the ``cpu``
-  Wikipedia SAE). Both are kept: the first is the paper's metric;
+  mean and so decide ``explained_variance`` (0.953 against 0.729 without them for the ``cpu``
+  Wikipedia SAE on 8,000 Wikipedia tokens). Both are kept: the first is the paper's metric;
 * ``l0`` – mean number of active latents per token.
 
 Positions: the reconstruction is spliced in only at content positions
@@ -179,6 +179,20 @@ def _fmt(x: float) -> str:
 
 
 # ----------------------------------------------------------------------------- evaluation
+def not_sinks(x: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: the rows of ``x`` ``[n, d]`` whose norm is at most :data:`SINK_NORM_RATIO` × their median."""
+    norms = x.norm(dim=-1)
+    return norms <= SINK_NORM_RATIO * norms.median() if len(norms) else norms.bool()
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` over the rows of ``x`` (float64; NaN for no rows)."""
+    if not len(x):
+        return float("nan")
+    x64, x_hat64 = x.double(), x_hat.double()
+    return (1 - (x64 - x_hat64).pow(2).sum() / (x64 - x64.mean(0)).pow(2).sum()).item()
+
+
 class _Moments:
     """Float64 sums of squared error, squared activation and activation over some tokens."""
 
@@ -211,8 +225,7 @@ class _Acc:
     def add_acts(self, x: torch.Tensor, x_hat: torch.Tensor, latents: torch.Tensor) -> None:
         x64, e64 = x.double(), (x - x_hat).double()
         self.all.add(x64, e64)
-        norms = x64.norm(dim=-1)
-        typical = norms <= SINK_NORM_RATIO * norms.median() if len(norms) else norms.bool()
+        typical = not_sinks(x64)
         self.typical.add(x64[typical], e64[typical])
         self.l0 += (latents != 0).sum().item()
 

@@ -53,8 +53,10 @@ def list_runs(model=None, dataset_name: str | None = None, profile=None) -> list
     return out
 
 
-def plot_training_curves(runs, metrics=("mse", "explained_variance", "l0", "dead_latents"), path=None):
-    """One panel per metric, one line per run (checkpoint folders or ``list_runs`` dicts)."""
+def plot_training_curves(runs, metrics=("mse", "explained_variance", "explained_variance_without_sinks", "l0",
+                                        "dead_latents"), path=None):
+    """One panel per metric, one line per run (checkpoint folders or ``list_runs`` dicts); a metric
+    a run did not log (runs trained before it was) is left out of that panel."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
@@ -64,7 +66,8 @@ def plot_training_curves(runs, metrics=("mse", "explained_variance", "l0", "dead
         meta = storage.read_json(folder / RUN_FILE)
         label = f"{meta['settings']['dataset']} s{meta['seed']}"
         for ax, m in zip(axes, metrics):
-            ax.plot([r["tokens"] for r in rows], [r[m] for r in rows], label=label)
+            have = [r for r in rows if m in r]
+            ax.plot([r["tokens"] for r in have], [r[m] for r in have], label=label)
     for ax, m in zip(axes, metrics):
         ax.set_title(m.replace("_", " "))
         ax.set_xlabel("training tokens")

@@ -324,11 +324,16 @@ class _Run:
 
     @torch.no_grad()
     def _log(self, seed, trainer, out) -> None:
+        from .fidelity import explained_variance, not_sinks
+
         d = trainer.build_train_step_log_dict(out, trainer.n_training_samples)
+        typical = not_sinks(out.sae_in)  # a batch with a sink has most of its variance there
         self.curves[seed].append({
             "step": trainer.n_training_steps + 1, "tokens": trainer.n_training_samples,
             "mse": d["losses/mse_loss"], "aux_loss": d.get("losses/auxiliary_reconstruction_loss", 0.0),
-            "explained_variance": d["metrics/explained_variance"], "l0": d["metrics/l0"],
+            "explained_variance": d["metrics/explained_variance"],
+            "explained_variance_without_sinks": explained_variance(out.sae_in[typical], out.sae_out[typical]),
+            "l0": d["metrics/l0"],
             "dead_latents": d["sparsity/dead_features"], "seconds": time.perf_counter() - self.t_start})
 
     def _checkpoint(self, step: int) -> None:

@@ -120,6 +120,14 @@ def test_explained_variance_without_sinks_leaves_out_only_the_outlier_tokens():
     assert r.explained_variance_without_sinks == pytest.approx(by_hand.item(), rel=1e-6)
     assert r.explained_variance_without_sinks == pytest.approx(0.75, abs=1e-6)
     assert r.explained_variance > 0.99  # the sinks' variance dominates and is reconstructed exactly
+    # the one-batch helpers that training curves use agree
+    keep = fidelity.not_sinks(x[:120])
+    assert int((~keep).sum()) == 1
+    one = fidelity._Acc(16)
+    one.add_acts(x[:120].float(), x_hat[:120].float(), torch.ones(120, 4))
+    assert fidelity.explained_variance(x[:120][keep], x_hat[:120][keep]) == pytest.approx(
+        one.result(16, hook=HOOK, context_size=32, seed=0).explained_variance_without_sinks, rel=1e-6)
+    assert fidelity.explained_variance(x[:0], x_hat[:0]) != fidelity.explained_variance(x[:0], x_hat[:0])  # NaN
 
 
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.hook_mlp_out"])

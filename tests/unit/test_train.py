@@ -40,13 +40,14 @@ def test_end_to_end_checkpoints_metadata_and_curves(tiny_model, texts, home):
         assert 0 < meta["lm_seconds"] < meta["seconds"] and 0 < meta["sae_seconds"] < meta["seconds"]
         rows = [json.loads(x) for x in (p / train.CURVES_FILE).read_text().splitlines()]
         assert rows[-1]["tokens"] == 1536
-        assert {"mse", "explained_variance", "l0", "dead_latents"} <= set(rows[-1])
+        assert {"mse", "explained_variance", "explained_variance_without_sinks", "l0", "dead_latents"} <= set(rows[-1])
+        assert all(r["explained_variance_without_sinks"] <= 1 for r in rows)
         assert all(r["l0"] <= 4 for r in rows)
         assert rows[-1]["mse"] < rows[0]["mse"]  # it learns
     runs = faithful.list_runs(tiny_model, "toy")
     assert sorted(r["seed"] for r in runs) == [42, 49]
     fig = faithful.plot_training_curves(paths, path=home / "curves.png")
-    assert (home / "curves.png").stat().st_size > 1000 and len(fig.axes) == 4
+    assert (home / "curves.png").stat().st_size > 1000 and len(fig.axes) == 5
 
 
 def test_seeds_change_only_the_initialisation(tiny_model, texts, home):
