@@ -181,7 +181,8 @@ def _checked_text(ds, source: str):
         nulls = nulls.take(ds._indices.column(0))
     if count := pc.sum(nulls).as_py():
         raise ValueError(f"{source} has {count} rows whose text is null (the first: row "
-                         f"{pc.index(nulls, True).as_py()}); drop them, e.g. ds.filter(lambda r: r['text'] is not None)")
+                         f"{pc.index(nulls, True).as_py()}); drop them, "
+                         "e.g. ds.filter(lambda r: r['text'] is not None)")
     return ds
 
 

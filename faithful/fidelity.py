@@ -357,7 +357,8 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
         raise ValueError(f"all SAEs of a matrix must read the same hook, got {hooks}")
     hook = next(iter(hooks.values()))
     settings = {"n_tokens": n_tokens, "context_size": context_size, "seed": seed, "autocast": autocast,
-                "sink_norm_ratio": SINK_NORM_RATIO, "batch_size": batch_size, "hook": hook, "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
+                "sink_norm_ratio": SINK_NORM_RATIO, "batch_size": batch_size, "hook": hook,
+                "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
     cells: dict[str, dict[str, FidelityResult]] = {r: {} for r in saes}
     for col, ds in tqdm(eval_sets.items(), desc="evaluation sets", disable=not progress):
         tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed)

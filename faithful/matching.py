@@ -178,7 +178,7 @@ def shared_feature_ratio(sae_a, sae_b, threshold: float = 0.7, *, chunk_size: in
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     sae_a, sae_b = (x if isinstance(x, (np.ndarray, torch.Tensor)) else load_sae(x) for x in (sae_a, sae_b))
-    hooks = [getattr(getattr(x, "cfg", None) and x.cfg.metadata, "hook_name", None) for x in (sae_a, sae_b)]
+    hooks = [None if isinstance(x, (np.ndarray, torch.Tensor)) else x.cfg.metadata.hook_name for x in (sae_a, sae_b)]
     if None not in hooks and hooks[0] != hooks[1]:
         raise ValueError(f"cannot match SAEs of different hooks ({hooks[0]} vs {hooks[1]}): their decoder "
                          "directions live in different spaces; compare SAEs trained at the same hook")

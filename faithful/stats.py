@@ -254,9 +254,8 @@ def _documents(model, dataset, max_docs: int | None) -> tuple[list[np.ndarray], 
     name = "dataset"
     if isinstance(dataset, (str, os.PathLike)):  # whatever load_corpus takes: a name, a file, a folder
         from .corpora import load_corpus
-        from .runs import dataset_label
-
         from .generate import META_FILE, load_faithful_dataset
+        from .runs import dataset_label
 
         name, path = dataset_label(dataset), Path(dataset)
         if (path / META_FILE).is_file():  # the generated token ids, not a re-tokenisation

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from . import storage
+from .fidelity import explained_variance, not_sinks
 from .models import hook_name, model_name, sae_preset
 from .runs import (CURVES_FILE, RUN_FILE, dataset_label, list_runs,  # noqa: F401 (public here too)
                    plot_training_curves, read_curves, run_dir, write_curves)
@@ -324,8 +325,6 @@ class _Run:
 
     @torch.no_grad()
     def _log(self, seed, trainer, out) -> None:
-        from .fidelity import explained_variance, not_sinks
-
         d = trainer.build_train_step_log_dict(out, trainer.n_training_samples)
         typical = not_sinks(out.sae_in)  # a batch with a sink has most of its variance there
         self.curves[seed].append({
