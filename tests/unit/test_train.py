@@ -26,6 +26,12 @@ def _weights(path):
     return load_file(str(path / "sae_weights.safetensors"))
 
 
+def _same_weights(paths_a, paths_b) -> bool:
+    """Every run folder of ``paths_a`` holds bit-for-bit the weights of its partner in ``paths_b``."""
+    pairs = [(_weights(a), _weights(b)) for a, b in zip(paths_a, paths_b, strict=True)]
+    return all(torch.equal(wa[n], wb[n]) for wa, wb in pairs for n in wa)
+
+
 def test_end_to_end_checkpoints_metadata_and_curves(tiny_model, texts, home):
     paths = faithful.train_saes(tiny_model, texts, dataset_name="toy", seeds=(42, 49), **SMALL)
     assert [p.name for p in paths] == ["seed42", "seed49"]
@@ -203,9 +209,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
     assert storage.read_json(home / "cut" / ".seed42.resume" / "resume.json")["step"] == 6
     monkeypatch.setattr(ActivationStream, "next_batch", real)
     resumed = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", **SMALL)
-    for a, b in zip(whole, resumed):
-        wa, wb = _weights(a), _weights(b)
-        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert _same_weights(whole, resumed)
     assert not (home / "cut" / ".seed42.resume").exists()
 
 
@@ -231,9 +235,7 @@ def test_ctrl_c_checkpoints_after_the_current_step_then_resumes_to_the_same_weig
     assert storage.read_json(home / "cut" / ".seed49.resume" / "resume.json")["step"] == 8
     monkeypatch.setattr(TopKTrainer, "step", real)
     resumed = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", **SMALL)
-    for a, b in zip(whole, resumed):
-        wa, wb = _weights(a), _weights(b)
-        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert _same_weights(whole, resumed)
     # during the last step: the finished run is saved, and the caller still stops
     calls.clear()
     monkeypatch.setattr(TopKTrainer, "step", step)
@@ -329,8 +331,7 @@ def test_checkpoint_of_other_settings_is_discarded_and_training_restarts(tiny_mo
     other = {**SMALL, "k": 5}
     (restarted,) = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "cut", **other)
     (fresh,) = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "fresh", **other)
-    wa, wb = _weights(restarted), _weights(fresh)
-    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert _same_weights([restarted], [fresh])
     assert not (home / "cut" / ".seed42.resume").exists()
 
 
