@@ -97,7 +97,7 @@ class TrainSettings:
     TransformerLens's own attention, so it is part of what determines the weights."""
     profile: str = "cpu"
     """Profile the settings came from."""
-    trainer: str = "faithful.topk_step.TopKTrainer/2"
+    trainer: str = "faithful.topk_step.TopKTrainer/3"
     """The training step's implementation and version (a run made by another is not resumed)."""
 
 

@@ -30,3 +30,16 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("FAITHFUL_HOME", str(tmp_path))
     monkeypatch.setenv("FAITHFUL_MODELS_DIR", str(models))
     return tmp_path
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernels(request, monkeypatch):
+    """Run a test with faithful.native's compiled kernels, then with their torch equivalents
+    (as on a GPU, with FAITHFUL_NATIVE=0, or without a C compiler)."""
+    from faithful import native
+
+    if request.param == "torch":
+        monkeypatch.setattr(native, "_lib", False)
+    elif native.library() is None:
+        pytest.fail("faithful.native could not be compiled: the fast path is untested")
+    return request.param

@@ -1,4 +1,5 @@
-"""The sparse TopK training step against SAELens's own: same losses, gradients and counters."""
+"""The sparse TopK training step against SAELens's own: same losses, gradients and counters,
+with the compiled CPU kernels (faithful.native) and with their torch equivalents."""
 import pytest
 import torch
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -32,6 +33,14 @@ def _grads(sae, loss):
     return {n: p.grad.clone() for n, p in sae.named_parameters()}
 
 
+def _our_grads(sae, x, dead, **kw):
+    """topk_losses writes the gradients itself (over whatever .grad held)."""
+    for p in sae.parameters():
+        p.grad = torch.full_like(p, 123.0)  # stale values must be overwritten, not added to
+    out = topk_losses(sae, x, dead, **kw)
+    return out, {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+
 def _reference(sae, x, dead, autocast=False):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         return sae.training_forward_pass(TrainStepInput(
@@ -42,14 +51,15 @@ def _reference(sae, x, dead, autocast=False):
 @pytest.mark.parametrize("n_dead", [0, 3, D_IN // 2 + 2, 60, D_SAE])
 @pytest.mark.parametrize("cfg", [{}, {"rescale_acts_by_decoder_norm": False}, {"apply_b_dec_to_input": False},
                                  {"rescale_acts_by_decoder_norm": False, "apply_b_dec_to_input": False}])
-def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg):
+def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg, kernels):
     sae = _sae(**cfg)
     x = torch.randn(BATCH, D_IN) * 2
     dead = _dead(n_dead) if n_dead else None
     ref = _reference(sae, x, dead)
     g_ref = _grads(sae, ref.loss)
-    ours = topk_losses(sae, x, dead)
-    g_ours = _grads(sae, ours["loss"])
+    ours, g_ours = _our_grads(sae, x, dead)
+    assert not ours["loss"].requires_grad
+    torch.testing.assert_close(ours["hidden_pre"], ref.hidden_pre, rtol=1e-5, atol=1e-6)
     for key in ("mse_loss", "auxiliary_reconstruction_loss"):
         assert ours[key].item() == pytest.approx(ref.losses[key].item(), rel=1e-5, abs=1e-6)
     assert (ours["auxiliary_reconstruction_loss"].item() > 0) == bool(n_dead)
@@ -60,7 +70,7 @@ def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg):
         torch.testing.assert_close(g_ours[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_bf16_step_is_close_to_saelens_autocast():
+def test_bf16_step_is_close_to_saelens_autocast(kernels):
     """Inputs far from the origin, b_dec at their mean: x - b_dec must be rounded, not x."""
     sae = _sae()
     gen = torch.Generator().manual_seed(0)
@@ -71,8 +81,7 @@ def test_bf16_step_is_close_to_saelens_autocast():
     exact = _reference(sae, x, None)
     ref = _reference(sae, x, _dead(10), autocast=True)
     g_ref = _grads(sae, ref.loss)
-    ours = topk_losses(sae, x, _dead(10), bf16=True)
-    g_ours = _grads(sae, ours["loss"])
+    ours, g_ours = _our_grads(sae, x, _dead(10), bf16=True)
     err_ref = (ref.hidden_pre.float() - exact.hidden_pre).abs().mean()
     err_ours = (ours["hidden_pre"] - exact.hidden_pre).abs().mean()
     assert err_ours <= 1.5 * err_ref + 1e-6
@@ -82,15 +91,24 @@ def test_bf16_step_is_close_to_saelens_autocast():
         assert rel < 0.1, name
 
 
-def test_reusing_a_workspace_before_backward_raises():
-    """Workspace buffers carry autograd's version counter: a second step before the first
-    backward must fail loudly, not corrupt the gradients."""
+def test_a_reused_workspace_gives_the_same_step():
+    """Buffers and gradients carry over from step to step: a second call on the same batch must
+    give the same numbers (nothing accumulated, nothing stale), and another batch other ones."""
     sae, work = _sae(), Workspace()
     x = torch.randn(BATCH, D_IN)
-    first = topk_losses(sae, x, _dead(60), work=work)
-    topk_losses(sae, x + 1, _dead(60), work=work)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        first["loss"].backward()
+    first, g_first = _our_grads(sae, x, _dead(60), work=work)
+    topk_losses(sae, x + 1, _dead(3), work=work)
+    again = topk_losses(sae, x, _dead(60), work=work)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, g_first[name], rtol=0, atol=0, msg=name)
+    assert again["loss"].item() == first["loss"].item()
+    assert not torch.equal(topk_losses(sae, x + 1, None, work=work)["sae_out"], first["sae_out"])
+
+
+def test_hidden_pre_is_only_kept_when_asked():
+    sae, x = _sae(), torch.randn(BATCH, D_IN)
+    assert topk_losses(sae, x, None, keep_hidden_pre=False)["hidden_pre"] is None
+    assert topk_losses(sae, x, None)["hidden_pre"].shape == (BATCH, D_SAE)
 
 
 def _trainer(cls, sae):
@@ -102,7 +120,7 @@ def _trainer(cls, sae):
     return tr
 
 
-def test_trainer_steps_match_saelens_trainer():
+def test_trainer_steps_match_saelens_trainer(kernels):
     """Six optimiser steps, dead latents appearing on the way: same counters, weights within Adam's rounding."""
     ref, ours = _trainer(SAETrainer, _sae()), _trainer(TopKTrainer, _sae())
     gen = torch.Generator().manual_seed(0)

@@ -1,0 +1,221 @@
+/* CPU kernels for faithful's TopK SAE training step (faithful/native.py compiles and loads this).
+ *
+ * Row-wise top-k (as indices or a mask), a sparse decoder's forward pass and the first step
+ * of its backward pass, and the two weight gradients, in fp32 with OpenMP. Each result is the
+ * same whatever the thread count: rows and latents are split between threads, and every sum
+ * runs in a fixed order.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* An int32 that orders as the float does (NaN above everything, as in torch.topk). */
+static inline int32_t fkey(float f) {
+    union { float f; int32_t i; } u = {.f = f};
+    int32_t key = u.i ^ ((u.i >> 31) & 0x7fffffff);
+    return f != f ? INT32_MAX : key;
+}
+
+/* The largest t with at least k of key[0, m) >= t (the k-th largest key): bisection, 32
+ * vectorised counting passes. */
+static int32_t kth_key(const int32_t *key, int64_t m, int k) {
+    int64_t lo = INT32_MIN, hi = INT32_MAX;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo + 1) / 2;
+        int32_t count = 0, t = (int32_t)mid;  /* 32-bit: 16 lanes */
+        for (int64_t c = 0; c < m; c++) count += key[c] >= t;
+        if (count >= k) lo = mid; else hi = mid - 1;
+    }
+    return (int32_t)lo;
+}
+
+/* The k largest of row[0, n), by increasing column, into out; among equal values the earlier
+ * columns. With at least k blocks of 16: t = the k-th largest block maximum is at most the
+ * row's k-th largest value (k distinct values reach it), and every value >= t lies in a block
+ * whose maximum reaches t, or in the tail: only those are searched (about k + 15 values of
+ * 4,608 for k = 32). Scratch: bk (n / 16), ck and ci (n). */
+static void top_row(const float *row, int64_t n, int k, int64_t *out, int32_t *bk, int32_t *ck, int64_t *ci) {
+    int64_t nb = n / 16, c = 0;
+    int32_t t = INT32_MIN;
+    if (nb >= k) {
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t mx = INT32_MIN;
+            for (int q = 0; q < 16; q++) {
+                int32_t key = fkey(row[16 * b + q]);
+                mx = key > mx ? key : mx;
+            }
+            bk[b] = mx;
+        }
+        t = kth_key(bk, nb, k);
+    }
+    for (int64_t b = 0; b <= nb; b++) {
+        if (b < nb && nb >= k && bk[b] < t) continue;
+        for (int64_t e = 16 * b; e < 16 * b + 16 && e < n; e++) {
+            int32_t key = fkey(row[e]);
+            if (key >= t) { ck[c] = key; ci[c++] = e; }
+        }
+    }
+    int32_t kth = kth_key(ck, c, k);
+    int64_t ties = k, q = 0;
+    for (int64_t i = 0; i < c; i++) ties -= ck[i] > kth;
+    for (int64_t i = 0; i < c; i++)
+        if (ck[i] > kth || (ck[i] == kth && ties-- > 0)) out[q++] = ci[i];
+}
+
+#define ROW_SCRATCH                                                              \
+    int32_t *bk = malloc(sizeof(int32_t) * (n / 16 + 1)), *ck = malloc(sizeof(int32_t) * n); \
+    int64_t *ci = malloc(sizeof(int64_t) * n);
+#define FREE_ROW_SCRATCH free(bk); free(ck); free(ci);
+
+/* out[r, :] = the column indices of the k largest h[r, :] (h row-major with row stride ld),
+ * in increasing order. */
+void topk_rows(const float *h, int64_t rows, int64_t n, int64_t ld, int k, int64_t *out, int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        ROW_SCRATCH
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) top_row(h + r * ld, n, k, out + r * k, bk, ck, ci);
+        FREE_ROW_SCRATCH
+    }
+}
+
+/* mask[r, :] = 1 at the k largest of v[r, :], else 0 (as topk_rows chooses them). */
+void topk_mask(const float *v, int64_t rows, int64_t n, int k, unsigned char *mask, int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        int32_t *key = malloc(sizeof(int32_t) * n);
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *row = v + r * n;
+            unsigned char *m = mask + r * n;
+            for (int64_t c = 0; c < n; c++) key[c] = fkey(row[c]);
+            int32_t kth = kth_key(key, n, k);
+            int64_t ties = k;
+            for (int64_t c = 0; c < n; c++) ties -= key[c] > kth;
+            for (int64_t c = 0; c < n; c++) m[c] = key[c] > kth || (key[c] == kth && ties-- > 0);
+        }
+        free(key);
+    }
+}
+
+/* hidden[r, :] = (xw[r, :] + bias) * scale (scale may be NULL: 1), with xw bf16 (raw bits,
+ * is_bf16) or fp32, rounded as torch's separate add and multiply are; and out[r, :] its top k as
+ * topk_rows gives them. One pass over each row while it is in cache; hidden may be NULL (not
+ * kept: a 19 MB write saved at 1,024 × 4,608). Also, while the row is there, picked[r, q] =
+ * xw[r, cols[q]] + bias[cols[q]] for the m columns cols (AuxK's dead latents; m may be 0). */
+void bias_topk(const void *xw, int is_bf16, const float *bias, const float *scale, int64_t rows,
+               int64_t n, int k, float *hidden, int64_t *out, const int64_t *cols, int64_t m,
+               float *picked, int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        ROW_SCRATCH
+        float *own = hidden ? NULL : malloc(sizeof(float) * n);
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            float *h = hidden ? hidden + r * n : own;
+            if (is_bf16) {
+                const uint16_t *x = (const uint16_t *)xw + r * n;
+                for (int64_t c = 0; c < n; c++) {
+                    union { uint32_t u; float f; } cv32 = {.u = (uint32_t)x[c] << 16};
+                    h[c] = cv32.f + bias[c];
+                }
+            } else {
+                const float *x = (const float *)xw + r * n;
+                for (int64_t c = 0; c < n; c++) h[c] = x[c] + bias[c];
+            }
+            for (int64_t q = 0; q < m; q++) picked[r * m + q] = h[cols[q]];
+            if (scale)
+                for (int64_t c = 0; c < n; c++) h[c] *= scale[c];
+            top_row(h, n, k, out + r * k, bk, ck, ci);
+        }
+        free(own);
+        FREE_ROW_SCRATCH
+    }
+}
+
+/* A TopK decoder's forward and first backward step, row by row while the row's k decoder rows
+ * are in cache: out[i] = bias + sum_j a[i, j] W[idx[i, j]] (j in order), err = out[i] - x[i],
+ * sq[i] = |err|², g[i] = scale * err, and dots[i, j] = <g[i], W[idx[i, j]]> where a[i, j] > 0,
+ * else 0 (the gradient reaching a ReLU'd activation). x, out [rows, d]; g [rows, d] with row
+ * stride ldg; W [n, d]. */
+void decode_rows(const int64_t *idx, const float *a, const float *W, const float *bias, const float *x,
+                 int64_t rows, int k, int64_t d, float scale, float *out, float *sq, float *g, int64_t ldg,
+                 float *dots, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < rows; i++) {
+        float *o = out + i * d, *gi = g + i * ldg;
+        const float *xi = x + i * d;
+        for (int64_t c = 0; c < d; c++) o[c] = 0.0f;
+        for (int j = 0; j < k; j++) {
+            const float *w = W + idx[i * k + j] * d;
+            float s = a[i * k + j];
+            for (int64_t c = 0; c < d; c++) o[c] += s * w[c];
+        }
+        float acc[16] = {0};
+        int64_t c = 0;
+        for (; c + 16 <= d; c += 16)
+            for (int q = 0; q < 16; q++) {
+                float e = (o[c + q] += bias[c + q]) - xi[c + q];
+                acc[q] += e * e;
+                gi[c + q] = scale * e;
+            }
+        float total = 0.0f;
+        for (int q = 0; q < 16; q++) total += acc[q];
+        for (; c < d; c++) {
+            float e = (o[c] += bias[c]) - xi[c];
+            total += e * e;
+            gi[c] = scale * e;
+        }
+        sq[i] = total;
+        for (int j = 0; j < k; j++) {
+            float dot = 0.0f;
+            if (a[i * k + j] > 0) {
+                const float *w = W + idx[i * k + j] * d;
+                float pa[16] = {0};
+                int64_t cc = 0;
+                for (; cc + 16 <= d; cc += 16)
+                    for (int q = 0; q < 16; q++) pa[q] += gi[cc + q] * w[cc + q];
+                for (int q = 0; q < 16; q++) dot += pa[q];
+                for (; cc < d; cc++) dot += gi[cc] * w[cc];
+            }
+            dots[i * k + j] = dot;
+        }
+    }
+}
+
+/* For each latent l: outA[l, :] = sum a[e] * A[e / k, :] and outBt[:, l] = sum b[e] * B[e / k, :]
+ * over the entries e (of rows * k) with idx[e] == l, in increasing e; latents no entry names
+ * get zeros. A, B [rows, d]; outA [n, d], outBt [d, n]. These are Sᵀ A and Bᵀ S' for the sparse
+ * [rows, n] matrices S, S' holding a, b at idx: the decoder's gradient and the encoder's, each
+ * in its parameter's layout; ld is A's and B's row stride. Latents go in tiles of 16, so that
+ * outBt is written 16 floats at a time. `start` (n + 1) and `order` (rows * k) are scratch. */
+void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t rows, int k, int64_t n,
+                  const float *A, const float *B, int64_t d, int64_t ld, float *outA, float *outBt,
+                  int64_t *start, int64_t *order, int threads) {
+    int64_t m = rows * k, tiles = (n + 15) / 16;
+    for (int64_t l = 0; l <= n; l++) start[l] = 0;
+    for (int64_t e = 0; e < m; e++) start[idx[e] + 1]++;
+    for (int64_t l = 0; l < n; l++) start[l + 1] += start[l];
+    for (int64_t e = 0; e < m; e++) order[start[idx[e]]++] = e;  /* start[l] is now l's end */
+    #pragma omp parallel num_threads(threads)
+    {
+        float *tile = malloc(sizeof(float) * 16 * d);
+        #pragma omp for schedule(dynamic, 4)
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t l0 = 16 * t, nl = n - l0 < 16 ? n - l0 : 16;
+            for (int64_t l = l0; l < l0 + nl; l++) {
+                float *ra = outA + l * d, *rb = tile + (l - l0) * d;
+                for (int64_t c = 0; c < d; c++) { ra[c] = 0.0f; rb[c] = 0.0f; }
+                for (int64_t p = l ? start[l - 1] : 0; p < start[l]; p++) {
+                    int64_t e = order[p];
+                    const float *xa = A + (e / k) * ld, *xb = B + (e / k) * ld;
+                    float sa = a[e], sb = b[e];
+                    for (int64_t c = 0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
+                }
+            }
+            for (int64_t c = 0; c < d; c++)
+                for (int64_t q = 0; q < nl; q++) outBt[c * n + l0 + q] = tile[q * d + c];
+        }
+        free(tile);
+    }
+}

@@ -1,0 +1,217 @@
+"""The TopK training step's sparse kernels: compiled from ``native.c`` on CPU, torch elsewhere.
+
+On a 2-core CPU, ``torch.topk`` over a ``[1,024, 4,608]`` batch of pre-activations takes ≈7 ms
+(about 3 ns per value and thread) and autograd's ``embedding_bag`` backward ≈9 ms, against ≈2.6 ms
+for the step's one dense matmul. ``native.c`` does that work in a few ms:
+
+* :func:`topk_indices` / :func:`bias_topk` — each row's ``k`` largest columns, in increasing
+  order: the blocks of 16 values whose maximum reaches the k-th largest block maximum hold them
+  all, and bisection on order-preserving integer keys finds that threshold and the final ``k``
+  with vectorised counting passes. ``bias_topk`` also adds the encoder bias and rescales;
+* :func:`topk_mask` — the same choice as a boolean mask (AuxK's dead latents);
+* :func:`decode_rows` — a sparse decoder's output, squared error and the gradient at each
+  chosen activation, row by row while its ``k`` decoder rows are in cache;
+* :func:`sparse_outer` — the decoder's and the encoder's weight gradients, ``Sᵀ A`` and
+  ``Bᵀ S`` for the sparse activation matrix ``S``, in one pass over the latents.
+
+Each has a torch equivalent, used for other devices and dtypes (GPUs), with ``FAITHFUL_NATIVE=0``,
+or when no C compiler is found (with a warning that says so). Both give the same choices and the
+same numbers up to fp32 summation order (``tests/unit/test_native.py``). The library is compiled
+once per source, compiler and CPU with ``$CC`` (default ``cc``; it needs OpenMP, as gcc has),
+``-O3 -march=native``, into ``$FAITHFUL_NATIVE_CACHE`` (default ``~/.cache/faithful``), by an
+atomic rename. Every kernel gives the same bits for any thread count.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+_lib: ctypes.CDLL | bool | None = None  # False: could not be built (warned once)
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept: ``$FAITHFUL_NATIVE_CACHE`` or ``~/.cache/faithful``."""
+    env = os.environ.get("FAITHFUL_NATIVE_CACHE")
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faithful"
+
+
+def _cpu_id() -> bytes:
+    """The first CPU's model and flags: ``-march=native`` code is only valid on such a CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        info = platform.processor()
+    return "\n".join(line for line in info.splitlines() if line.startswith(("model name", "flags"))).encode()
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None when disabled or not buildable."""
+    global _lib
+    if _lib is None:
+        _lib = False
+        if os.environ.get("FAITHFUL_NATIVE", "1") != "0":
+            try:
+                _lib = _load(_build())
+            except (OSError, subprocess.SubprocessError) as err:
+                detail = getattr(err, "stderr", None) or str(err)
+                warnings.warn(f"faithful could not compile its CPU kernels ({detail.strip().splitlines()[-1]}); "
+                              "the SAE training step uses torch's operations instead: the same results, "
+                              "slower (benchmarks/training.py compares them). Install gcc (or set CC to a C "
+                              "compiler with OpenMP), or set FAITHFUL_NATIVE=0 to choose torch's operations "
+                              "without this warning.", RuntimeWarning, stacklevel=3)
+    return _lib or None
+
+
+def _build() -> Path:
+    cc = os.environ.get("CC", "cc")
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join((cc,) + FLAGS).encode(),
+                                     platform.machine().encode(), _cpu_id()])).hexdigest()[:16]
+    path = cache_dir() / f"native-{key}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # written whole, then renamed
+            out = Path(tmp) / path.name
+            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], check=True,
+                           capture_output=True, text=True, timeout=300)
+            os.replace(out, path)
+    return path
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.topk_rows.argtypes = [p, i64, i64, i64, i32, p, i32]
+    lib.topk_mask.argtypes = [p, i64, i64, i32, p, i32]
+    lib.bias_topk.argtypes = [p, i32, p, p, i64, i64, i32, p, p, p, i64, p, i32]
+    lib.decode_rows.argtypes = [p, p, p, p, p, i64, i32, i64, ctypes.c_float, p, p, p, i64, p, i32]
+    lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i64, i64, p, p, p, p, i32]
+    for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer):
+        fn.restype = None
+    return lib
+
+
+def _native(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The library, if every tensor is a contiguous CPU tensor of fp32 (values) or int64 (indices)."""
+    if all(t.device.type == "cpu" and t.is_contiguous() and t.dtype in (torch.float32, torch.int64)
+           for t in tensors):
+        return library()
+    return None
+
+
+def _p(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def topk_indices(h: torch.Tensor, k: int) -> torch.Tensor:
+    """``[rows, k]`` int64: the columns of each row's ``k`` largest values of ``h`` ``[rows, n]``,
+    in increasing order (NaN ranks highest, as in ``torch.topk``)."""
+    if not 0 < k <= h.shape[1]:
+        raise ValueError(f"k must be in 1..{h.shape[1]} for {h.shape[1]} columns, not {k}")
+    if h.dtype == torch.float32 and h.stride(1) == 1 and h.device.type == "cpu" and (lib := library()):
+        out = torch.empty(h.shape[0], k, dtype=torch.int64)
+        lib.topk_rows(_p(h), h.shape[0], h.shape[1], h.stride(0), k, _p(out), torch.get_num_threads())
+        return out
+    return h.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def topk_mask(v: torch.Tensor, k: int) -> torch.Tensor:
+    """``[rows, n]`` bool: True at each row's ``k`` largest values of ``v`` (NaN largest)."""
+    if not 0 < k <= v.shape[1]:
+        raise ValueError(f"k must be in 1..{v.shape[1]} for {v.shape[1]} columns, not {k}")
+    if v.dtype == torch.float32 and (lib := _native(v)):
+        mask = torch.empty(v.shape, dtype=torch.bool)
+        lib.topk_mask(_p(v), v.shape[0], v.shape[1], k, _p(mask), torch.get_num_threads())
+        return mask
+    return torch.zeros_like(v, dtype=torch.bool).scatter_(1, v.topk(k, dim=1, sorted=False).indices, True)
+
+
+def bias_topk(xw: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None, k: int, *,
+              out: torch.Tensor | None = None, cols: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`topk_indices` of ``h = (xw + bias) * scale`` (fp32; no ``scale``: 1), in one pass over
+    ``xw`` ``[rows, n]`` (bf16 or fp32), and ``(xw + bias)[:, cols]`` (fp32 ``[rows, len(cols)]``,
+    before the scale; None without ``cols``). ``h`` is written into ``out`` if given."""
+    if not 0 < k <= xw.shape[1]:
+        raise ValueError(f"k must be in 1..{xw.shape[1]} for {xw.shape[1]} columns, not {k}")
+    extra = tuple(t for t in (scale, out) if t is not None)
+    cols = None if cols is None else cols.contiguous()
+    if (xw.dtype in (torch.bfloat16, torch.float32) and bias.dtype == torch.float32
+            and all(t.dtype == torch.float32 for t in extra) and xw.device.type == "cpu"
+            and xw.is_contiguous() and (lib := _native(bias, *extra, *(() if cols is None else (cols,))))):
+        idx = torch.empty(xw.shape[0], k, dtype=torch.int64)
+        m = 0 if cols is None else len(cols)
+        picked = torch.empty(xw.shape[0], m) if cols is not None else None
+        lib.bias_topk(_p(xw), int(xw.dtype == torch.bfloat16), _p(bias), None if scale is None else _p(scale),
+                      xw.shape[0], xw.shape[1], k, None if out is None else _p(out), _p(idx),
+                      None if cols is None else _p(cols), m, None if picked is None else _p(picked),
+                      torch.get_num_threads())
+        return idx, picked
+    hidden = torch.add(xw.to(torch.float32), bias) if out is None else out.copy_(xw).add_(bias)
+    picked = None if cols is None else hidden.index_select(1, cols)
+    if scale is not None:
+        hidden.mul_(scale)
+    return topk_indices(hidden, k), picked
+
+
+def _rows(t: torch.Tensor) -> bool:
+    """Rows may be strided (views of a wider buffer), their elements not."""
+    return t.dim() == 2 and t.stride(1) == 1
+
+
+def decode_rows(idx: torch.Tensor, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
+                scale: float, g: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A TopK decoder's forward pass and the first step of its backward pass, for ``idx`` and
+    ``a`` ``[rows, k]`` (latents and ReLU'd activations), ``W`` ``[n, d]``, ``bias`` ``[d]`` and
+    targets ``x`` ``[rows, d]``. Returns ``out = bias + Σⱼ a[:, j] W[idx[:, j]]``, ``sq`` ``[rows]``
+    (``|out - x|²``), ``g = scale · (out - x)`` (written into ``g`` if given) and ``dots``
+    ``[rows, k]``: ``⟨g[i], W[idx[i, j]]⟩`` where ``a[i, j] > 0``, else 0. With ``scale = 2 / rows``,
+    ``g`` and ``dots`` are the MSE's gradients at the output and at the activations before their ReLU."""
+    idx, a, W, bias, x = (t.contiguous() for t in (idx, a, W, bias, x))
+    g = torch.empty_like(x) if g is None else g
+    if (a.dtype == W.dtype == bias.dtype == x.dtype == g.dtype == torch.float32 and _rows(g)
+            and (lib := _native(idx, a, W, bias, x))):
+        out, sq, dots = torch.empty_like(x), x.new_empty(x.shape[0]), a.new_empty(a.shape)
+        lib.decode_rows(_p(idx), _p(a), _p(W), _p(bias), _p(x), idx.shape[0], idx.shape[1], x.shape[1],
+                        float(scale), _p(out), _p(sq), _p(g), g.stride(0), _p(dots), torch.get_num_threads())
+        return out, sq, g, dots
+    out = torch.nn.functional.embedding_bag(idx, W, per_sample_weights=a.to(W.dtype), mode="sum") + bias
+    err = out - x
+    g.copy_(err * scale)
+    return out, err.pow(2).sum(-1), g, (g @ W.T).gather(1, idx) * (a > 0)
+
+
+def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                 n: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Sₐᵀ A, Bᵀ S_b)``, ``[n, d]`` and ``[d, n]``, where ``Sₐ`` is the ``[rows, n]`` matrix
+    holding ``a`` at ``idx`` (``[rows, k]``, distinct per row) and zeros elsewhere, and ``S_b``
+    likewise ``b``: a sparse decoder's and encoder's weight gradients, in their layouts.
+    ``A`` and ``B`` ``[rows, d]`` may be two halves of one ``[rows, 2d]`` buffer (the CPU kernel
+    then reads one contiguous row per entry: 15 % faster). ``out``: the two tensors to write into."""
+    idx, a, b = (t.contiguous() for t in (idx, a, b))
+    if not (_rows(A) and _rows(B) and A.stride(0) == B.stride(0)):
+        A, B = A.contiguous(), B.contiguous()
+    rows, d = A.shape
+    outs = out or (A.new_empty(n, d), B.new_empty(d, n))
+    if (A.shape == B.shape and a.dtype == b.dtype == A.dtype == B.dtype == torch.float32
+            and all(o.dtype == torch.float32 for o in outs) and (lib := _native(idx, a, b, *outs))):
+        start, order = torch.empty(n + 1, dtype=torch.int64), torch.empty(idx.numel(), dtype=torch.int64)
+        lib.sparse_outer(_p(idx), _p(a), _p(b), rows, idx.shape[1], n, _p(A), _p(B), d, A.stride(0),
+                         _p(outs[0]), _p(outs[1]), _p(start), _p(order), torch.get_num_threads())
+        return outs
+    S_a = A.new_zeros(rows, n).scatter_(1, idx, a.to(A.dtype))
+    S_b = B.new_zeros(rows, n).scatter_(1, idx, b.to(B.dtype))
+    outs[0].copy_(S_a.T @ A)
+    outs[1].copy_(B.T @ S_b)
+    return outs

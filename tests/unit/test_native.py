@@ -1,0 +1,152 @@
+"""The compiled CPU kernels against torch's own operations, and the build's failure modes."""
+import warnings
+
+import pytest
+import torch
+
+from faithful import native
+
+
+def _reference_topk(h, k):
+    return h.topk(k, dim=1).indices.sort(dim=1).values
+
+
+@pytest.mark.parametrize("n, k", [(4608, 32), (400, 288), (2304, 288), (17, 5), (40, 3), (64, 64), (7, 1)])
+def test_topk_matches_torch(kernels, n, k):
+    """Long rows (the blocks-of-16 path), short rows and k = n (the whole-row path)."""
+    h = torch.randn(50, n, generator=torch.Generator().manual_seed(n + k))
+    assert torch.equal(native.topk_indices(h, k), _reference_topk(h, k))
+    mask = native.topk_mask(h, k)
+    assert torch.equal(mask, torch.zeros_like(mask).scatter_(1, _reference_topk(h, k), True))
+
+
+def test_topk_edge_values(kernels):
+    """NaN ranks highest (as in torch.topk), infinities in order, and equal values are all
+    valid picks: exactly k of them, the largest first. A strided view is read as such."""
+    nan, inf = float("nan"), float("inf")
+    row = torch.cat([torch.tensor([1.0, 2.0, 2.0, 2.0, nan, -inf, inf, -5.0]), torch.zeros(312)])
+    h = torch.stack([row, -row, torch.zeros(320)])
+    idx = native.topk_indices(h, 3)
+    assert idx[0, 1:].tolist() == [4, 6] and idx[0, 0] in (1, 2, 3)  # NaN, +inf and one 2.0
+    assert idx[1].tolist() == [4, 5, 7]  # NaN (sign bit set), +inf, 5.0
+    assert torch.equal(h[2, idx[2]], torch.zeros(3)) and len(set(idx[2].tolist())) == 3
+    ones = native.topk_indices(torch.tensor([[2.0, 1.0, 2.0, 2.0]]), 2)
+    assert ones.tolist()[0] in ([0, 2], [0, 3], [2, 3])
+    wide = torch.randn(8, 200)
+    assert torch.equal(native.topk_indices(wide[:, :100], 10), _reference_topk(wide[:, :100], 10))
+    with pytest.raises(ValueError, match="k must be in 1..4"):
+        native.topk_indices(torch.zeros(2, 4), 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scaled", [True, False])
+def test_bias_topk_rounds_as_torch_does(kernels, dtype, scaled):
+    gen = torch.Generator().manual_seed(0)
+    xw = torch.randn(40, 4608, generator=gen).to(dtype)
+    bias, scale = torch.randn(4608, generator=gen), torch.rand(4608, generator=gen) + 0.5
+    hidden = (xw.float() + bias) * (scale if scaled else 1.0)
+    cols = torch.tensor([3, 4000, 17])
+    out = torch.empty(40, 4608)
+    idx, picked = native.bias_topk(xw, bias, scale if scaled else None, 32, out=out, cols=cols)
+    assert torch.equal(out, hidden)
+    assert torch.equal(idx, _reference_topk(hidden, 32))
+    assert torch.equal(picked, (xw.float() + bias)[:, cols])  # before the scale
+    idx2, none = native.bias_topk(xw, bias, scale if scaled else None, 32)
+    assert torch.equal(idx2, idx) and none is None
+
+
+def test_decode_rows_is_the_decoder_and_its_gradient(kernels):
+    """Against autograd on the dense decoder: output, squared error, ∂mse/∂out and ∂mse/∂a
+    (zero where the activation is zero); g may be a strided half of a wider buffer."""
+    gen = torch.Generator().manual_seed(1)
+    rows, n, d, k = 30, 300, 40, 6
+    idx = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(rows)]).sort(1).values
+    a = torch.randn(rows, k, generator=gen).relu().requires_grad_()
+    W, bias, x = torch.randn(n, d, generator=gen), torch.randn(d, generator=gen), torch.randn(rows, d, generator=gen)
+    dense = torch.zeros(rows, n).scatter(1, idx, a)
+    ref_out = dense @ W + bias
+    mse = (ref_out - x).pow(2).sum(-1).mean()
+    (g_a,) = torch.autograd.grad(mse, a)
+    buf = torch.zeros(rows, 2 * d)
+    out, sq, g, dots = native.decode_rows(idx, a.detach(), W, bias, x, 2 / rows, g=buf[:, :d])
+    torch.testing.assert_close(out, ref_out.detach())
+    torch.testing.assert_close(sq, (ref_out - x).pow(2).sum(-1).detach())
+    torch.testing.assert_close(buf[:, :d], (2 / rows) * (ref_out - x).detach())
+    assert g.data_ptr() == buf.data_ptr() and buf[:, d:].eq(0).all()
+    torch.testing.assert_close(dots, g_a * (a > 0))
+    assert dots[a == 0].eq(0).all()
+
+
+def test_sparse_outer_is_both_weight_gradients(kernels):
+    """Sₐᵀ A and Bᵀ S_b against dense matrices, for separate inputs and for two halves of one
+    buffer; latents that no row chose get zeros (over stale values in ``out``)."""
+    gen = torch.Generator().manual_seed(2)
+    rows, n, d, k = 50, 333, 24, 5  # n not a multiple of the 16-latent tiles
+    idx = torch.stack([torch.randperm(n - 20, generator=gen)[:k] for _ in range(rows)])
+    a, b = torch.randn(rows, k, generator=gen), torch.randn(rows, k, generator=gen)
+    both = torch.randn(rows, 2 * d, generator=gen)
+    A, B = both[:, :d], both[:, d:]
+    S_a, S_b = torch.zeros(rows, n).scatter(1, idx, a), torch.zeros(rows, n).scatter(1, idx, b)
+    for inputs in ((A, B), (A.contiguous(), B.contiguous())):
+        out = (torch.full((n, d), 9.0), torch.full((d, n), 9.0))
+        got = native.sparse_outer(idx, a, b, *inputs, n, out=out)
+        assert got[0] is out[0] and got[1] is out[1]
+        torch.testing.assert_close(out[0], S_a.T @ A)
+        torch.testing.assert_close(out[1], B.T @ S_b)
+        assert out[0][n - 20:].eq(0).all() and out[1][:, n - 20:].eq(0).all()
+
+
+def test_kernels_are_deterministic_across_thread_counts():
+    """Same bits with 1 and 2 threads: rows and latents are split, sums keep their order."""
+    if native.library() is None:
+        pytest.fail("faithful.native could not be compiled")
+    gen = torch.Generator().manual_seed(3)
+    rows, n, d, k = 256, 1024, 64, 16
+    xw = torch.randn(rows, n, generator=gen).bfloat16()
+    bias, W, x = torch.randn(n, generator=gen), torch.randn(n, d, generator=gen), torch.randn(rows, d, generator=gen)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            idx, _ = native.bias_topk(xw, bias, None, k)
+            a = torch.rand(rows, k, generator=torch.Generator().manual_seed(4))
+            out, _, g, dots = native.decode_rows(idx, a, W, bias[:d], x, 0.5)
+            results.append((idx, out, dots, *native.sparse_outer(idx, a, dots, g, x, n)))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+def test_a_missing_compiler_warns_and_falls_back(monkeypatch, tmp_path):
+    """No compiler: one warning that names the fix, then torch's operations (same results)."""
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("FAITHFUL_NATIVE_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="could not compile its CPU kernels.*Install gcc"):
+        assert native.library() is None
+    h = torch.randn(4, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        assert torch.equal(native.topk_indices(h, 5), _reference_topk(h, 5))
+
+
+def test_faithful_native_0_chooses_torch_quietly(monkeypatch):
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setenv("FAITHFUL_NATIVE", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.library() is None
+
+
+def test_the_library_is_built_once_and_cached(monkeypatch, tmp_path):
+    """Built into FAITHFUL_NATIVE_CACHE by an atomic rename; a second process reuses the file."""
+    monkeypatch.setenv("FAITHFUL_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.library() is not None
+    (built,) = tmp_path.glob("native-*.so")
+    stamp = built.stat().st_mtime_ns
+    monkeypatch.setattr(native, "_lib", None)
+    assert native.library() is not None
+    assert [p.name for p in tmp_path.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
