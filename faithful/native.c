@@ -183,15 +183,21 @@ void decode_rows(const int64_t *idx, const float *a, const float *W, const float
     }
 }
 
+static inline float bf16_to_float(uint16_t v) {
+    union { uint32_t u; float f; } c = {.u = (uint32_t)v << 16};
+    return c.f;
+}
+
 /* For each latent l: outA[l, :] = sum a[e] * A[e / k, :] and outBt[:, l] = sum b[e] * B[e / k, :]
  * over the entries e (of rows * k) with idx[e] == l, in increasing e; latents no entry names
- * get zeros. A, B [rows, d]; outA [n, d], outBt [d, n]. These are Sᵀ A and Bᵀ S' for the sparse
- * [rows, n] matrices S, S' holding a, b at idx: the decoder's gradient and the encoder's, each
- * in its parameter's layout; ld is A's and B's row stride. Latents go in tiles of 16, so that
- * outBt is written 16 floats at a time. `start` (n + 1) and `order` (rows * k) are scratch. */
+ * get zeros. A, B [rows, d], fp32 or bf16 (raw bits, is_bf16: half the bytes read; sums in
+ * fp32); outA [n, d], outBt [d, n]. These are Sᵀ A and Bᵀ S' for the sparse [rows, n] matrices
+ * S, S' holding a, b at idx: the decoder's gradient and the encoder's, each in its parameter's
+ * layout; ld is A's and B's row stride (in elements). Latents go in tiles of 16, so that outBt
+ * is written 16 floats at a time. `start` (n + 1) and `order` (rows * k) are scratch. */
 void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t rows, int k, int64_t n,
-                  const float *A, const float *B, int64_t d, int64_t ld, float *outA, float *outBt,
-                  int64_t *start, int64_t *order, int threads) {
+                  const void *A, const void *B, int is_bf16, int64_t d, int64_t ld, float *outA,
+                  float *outBt, int64_t *start, int64_t *order, int threads) {
     int64_t m = rows * k, tiles = (n + 15) / 16;
     for (int64_t l = 0; l <= n; l++) start[l] = 0;
     for (int64_t e = 0; e < m; e++) start[idx[e] + 1]++;
@@ -207,10 +213,18 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
                 float *ra = outA + l * d, *rb = tile + (l - l0) * d;
                 for (int64_t c = 0; c < d; c++) { ra[c] = 0.0f; rb[c] = 0.0f; }
                 for (int64_t p = l ? start[l - 1] : 0; p < start[l]; p++) {
-                    int64_t e = order[p];
-                    const float *xa = A + (e / k) * ld, *xb = B + (e / k) * ld;
+                    int64_t e = order[p], off = (e / k) * ld;
                     float sa = a[e], sb = b[e];
-                    for (int64_t c = 0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
+                    if (is_bf16) {
+                        const uint16_t *xa = (const uint16_t *)A + off, *xb = (const uint16_t *)B + off;
+                        for (int64_t c = 0; c < d; c++) {
+                            ra[c] += sa * bf16_to_float(xa[c]);
+                            rb[c] += sb * bf16_to_float(xb[c]);
+                        }
+                    } else {
+                        const float *xa = (const float *)A + off, *xb = (const float *)B + off;
+                        for (int64_t c = 0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
+                    }
                 }
             }
             for (int64_t c = 0; c < d; c++)

@@ -94,7 +94,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.topk_mask.argtypes = [p, i64, i64, i32, p, i32]
     lib.bias_topk.argtypes = [p, i32, p, p, i64, i64, i32, p, p, p, i64, p, i32]
     lib.decode_rows.argtypes = [p, p, p, p, p, i64, i32, i64, ctypes.c_float, p, p, p, i64, p, i32]
-    lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i64, i64, p, p, p, p, i32]
+    lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i32, i64, i64, p, p, p, p, i32]
     for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer):
         fn.restype = None
     return lib
@@ -197,18 +197,20 @@ def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.T
     """``(Sₐᵀ A, Bᵀ S_b)``, ``[n, d]`` and ``[d, n]``, where ``Sₐ`` is the ``[rows, n]`` matrix
     holding ``a`` at ``idx`` (``[rows, k]``, distinct per row) and zeros elsewhere, and ``S_b``
     likewise ``b``: a sparse decoder's and encoder's weight gradients, in their layouts.
-    ``A`` and ``B`` ``[rows, d]`` may be two halves of one ``[rows, 2d]`` buffer (the CPU kernel
-    then reads one contiguous row per entry: 15 % faster). ``out``: the two tensors to write into."""
+    ``A`` and ``B`` ``[rows, d]`` (both fp32 or both bf16; sums in fp32) may be two halves of one
+    ``[rows, 2d]`` buffer: the CPU kernel then reads one contiguous row per entry (15 % faster).
+    ``out``: two fp32 tensors to write into."""
     idx, a, b = (t.contiguous() for t in (idx, a, b))
     if not (_rows(A) and _rows(B) and A.stride(0) == B.stride(0)):
         A, B = A.contiguous(), B.contiguous()
     rows, d = A.shape
-    outs = out or (A.new_empty(n, d), B.new_empty(d, n))
-    if (A.shape == B.shape and a.dtype == b.dtype == A.dtype == B.dtype == torch.float32
+    outs = out or (A.new_empty(n, d, dtype=torch.float32), B.new_empty(d, n, dtype=torch.float32))
+    if (A.shape == B.shape and a.dtype == b.dtype == torch.float32 and A.dtype == B.dtype
+            and A.dtype in (torch.float32, torch.bfloat16) and A.device.type == B.device.type == "cpu"
             and all(o.dtype == torch.float32 for o in outs) and (lib := _native(idx, a, b, *outs))):
         start, order = torch.empty(n + 1, dtype=torch.int64), torch.empty(idx.numel(), dtype=torch.int64)
-        lib.sparse_outer(_p(idx), _p(a), _p(b), rows, idx.shape[1], n, _p(A), _p(B), d, A.stride(0),
-                         _p(outs[0]), _p(outs[1]), _p(start), _p(order), torch.get_num_threads())
+        lib.sparse_outer(_p(idx), _p(a), _p(b), rows, idx.shape[1], n, _p(A), _p(B), int(A.dtype == torch.bfloat16),
+                         d, A.stride(0), _p(outs[0]), _p(outs[1]), _p(start), _p(order), torch.get_num_threads())
         return outs
     S_a = A.new_zeros(rows, n).scatter_(1, idx, a.to(A.dtype))
     S_b = B.new_zeros(rows, n).scatter_(1, idx, b.to(B.dtype))

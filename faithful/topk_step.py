@@ -106,7 +106,10 @@ def _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre) -> dict:
         torch.sub(x, b_dec, out=x_c)
     else:
         x_c.copy_(x)
-    x_lp = x_c.to(lp)  # x - b_dec is rounded to bf16 once, as under SAELens's autocast
+    # x - b_dec is rounded to bf16 once, as under SAELens's autocast; in bf16 the two halves are
+    # also kept rounded, side by side, for the sparse backward (half the bytes to read).
+    g_x_lp = g_x if lp == dt else work.get("g_x_lp", (batch, 2 * d_in), lp, x.device)
+    x_lp = x_c if lp == dt else g_x_lp[:, d_in:].copy_(x_c)
     # The decoder norm only ranks latents: the decoder reads activation ÷ norm, in which it
     # cancels, so no gradient flows through it (as in SAELens, where it cancels numerically).
     norm = W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
@@ -125,7 +128,9 @@ def _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre) -> dict:
     sae_out, sq_err, _, g_raw = native.decode_rows(idx, a, W_dec, b_dec, x, 2 / batch, g=g_out)
     mse = sq_err.mean()
     grad_W_dec, grad_b_enc = _grad(W_dec), _grad(b_enc)
-    native.sparse_outer(idx, a, g_raw, g_out, x_c, d_sae, out=(grad_W_dec, _grad(W_enc)))
+    if lp != dt:
+        g_x_lp[:, :d_in].copy_(g_out)
+    native.sparse_outer(idx, a, g_raw, g_x_lp[:, :d_in], g_x_lp[:, d_in:], d_sae, out=(grad_W_dec, _grad(W_enc)))
     grad_b_enc.zero_().index_add_(0, idx.flatten(), g_raw.flatten())
     aux = mse.new_zeros(())
     if n_dead:

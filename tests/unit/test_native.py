@@ -77,22 +77,25 @@ def test_decode_rows_is_the_decoder_and_its_gradient(kernels):
     assert dots[a == 0].eq(0).all()
 
 
-def test_sparse_outer_is_both_weight_gradients(kernels):
-    """Sₐᵀ A and Bᵀ S_b against dense matrices, for separate inputs and for two halves of one
-    buffer; latents that no row chose get zeros (over stale values in ``out``)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparse_outer_is_both_weight_gradients(kernels, dtype):
+    """Sₐᵀ A and Bᵀ S_b against dense fp32 matrices, for separate inputs and for two halves of
+    one buffer, fp32 or bf16 (summed in fp32); latents that no row chose get zeros (over stale
+    values in ``out``)."""
     gen = torch.Generator().manual_seed(2)
     rows, n, d, k = 50, 333, 24, 5  # n not a multiple of the 16-latent tiles
     idx = torch.stack([torch.randperm(n - 20, generator=gen)[:k] for _ in range(rows)])
     a, b = torch.randn(rows, k, generator=gen), torch.randn(rows, k, generator=gen)
-    both = torch.randn(rows, 2 * d, generator=gen)
+    both = torch.randn(rows, 2 * d, generator=gen).to(dtype)
     A, B = both[:, :d], both[:, d:]
     S_a, S_b = torch.zeros(rows, n).scatter(1, idx, a), torch.zeros(rows, n).scatter(1, idx, b)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for inputs in ((A, B), (A.contiguous(), B.contiguous())):
         out = (torch.full((n, d), 9.0), torch.full((d, n), 9.0))
         got = native.sparse_outer(idx, a, b, *inputs, n, out=out)
-        assert got[0] is out[0] and got[1] is out[1]
-        torch.testing.assert_close(out[0], S_a.T @ A)
-        torch.testing.assert_close(out[1], B.T @ S_b)
+        assert got[0] is out[0] and got[1] is out[1] and out[0].dtype == torch.float32
+        torch.testing.assert_close(out[0], S_a.T @ A.float(), **tol)
+        torch.testing.assert_close(out[1], B.float().T @ S_b, **tol)
         assert out[0][n - 20:].eq(0).all() and out[1][:, n - 20:].eq(0).all()
 
 
