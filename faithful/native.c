@@ -9,10 +9,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* An int32 that orders as the float does (NaN above everything, as in torch.topk). */
+/* An int32 that orders as the float does: NaN above everything (as in torch.topk), and -0
+ * equal to +0. */
 static inline int32_t fkey(float f) {
     union { float f; int32_t i; } u = {.f = f};
     int32_t key = u.i ^ ((u.i >> 31) & 0x7fffffff);
+    key = f == 0.0f ? 0 : key;
     return f != f ? INT32_MAX : key;
 }
 

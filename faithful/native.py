@@ -46,12 +46,14 @@ def cache_dir() -> Path:
 
 
 def _cpu_id() -> bytes:
-    """The first CPU's model and flags: ``-march=native`` code is only valid on such a CPU."""
+    """The first CPU's model and features (x86 and Arm lines): ``-march=native`` code is only
+    valid on such a CPU."""
     try:
         info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
         info = platform.processor()
-    return "\n".join(line for line in info.splitlines() if line.startswith(("model name", "flags"))).encode()
+    keys = ("model name", "flags", "Features", "CPU implementer", "CPU part", "CPU architecture")
+    return "\n".join(line for line in info.splitlines() if line.startswith(keys)).encode()
 
 
 def library() -> ctypes.CDLL | None:
@@ -63,8 +65,10 @@ def library() -> ctypes.CDLL | None:
             try:
                 _lib = _load(_build())
             except (OSError, subprocess.SubprocessError) as err:
-                detail = getattr(err, "stderr", None) or str(err)
-                warnings.warn(f"faithful could not compile its CPU kernels ({detail.strip().splitlines()[-1]}); "
+                detail = getattr(err, "stderr", None) or ""
+                detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+                detail = (detail.strip().splitlines() or [str(err)])[-1]
+                warnings.warn(f"faithful could not compile its CPU kernels ({detail}); "
                               "the SAE training step uses torch's operations instead: the same results, "
                               "slower (benchmarks/training.py compares them). Install gcc (or set CC to a C "
                               "compiler with OpenMP), or set FAITHFUL_NATIVE=0 to choose torch's operations "
@@ -112,11 +116,28 @@ def _p(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
+def _shape(name: str, t: torch.Tensor, shape) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, not {tuple(t.shape)}")
+
+
+def _indices(name: str, idx: torch.Tensor, n: int) -> None:
+    """int64 and within 0..n-1: the kernels index memory with them."""
+    if idx.dtype != torch.int64:
+        raise ValueError(f"{name} must be int64 indices, not {idx.dtype}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"{name} must lie in 0..{n - 1}, not {int(idx.min())}..{int(idx.max())}")
+
+
+def _k(k: int, n: int) -> None:
+    if not 0 < k <= n:
+        raise ValueError(f"k must be in 1..{n} for {n} columns, not {k}")
+
+
 def topk_indices(h: torch.Tensor, k: int) -> torch.Tensor:
     """``[rows, k]`` int64: the columns of each row's ``k`` largest values of ``h`` ``[rows, n]``,
     in increasing order (NaN ranks highest, as in ``torch.topk``)."""
-    if not 0 < k <= h.shape[1]:
-        raise ValueError(f"k must be in 1..{h.shape[1]} for {h.shape[1]} columns, not {k}")
+    _k(k, h.shape[1])
     if h.dtype == torch.float32 and h.stride(1) == 1 and h.device.type == "cpu" and (lib := library()):
         out = torch.empty(h.shape[0], k, dtype=torch.int64)
         lib.topk_rows(_p(h), h.shape[0], h.shape[1], h.stride(0), k, _p(out), torch.get_num_threads())
@@ -126,8 +147,7 @@ def topk_indices(h: torch.Tensor, k: int) -> torch.Tensor:
 
 def topk_mask(v: torch.Tensor, k: int) -> torch.Tensor:
     """``[rows, n]`` bool: True at each row's ``k`` largest values of ``v`` (NaN largest)."""
-    if not 0 < k <= v.shape[1]:
-        raise ValueError(f"k must be in 1..{v.shape[1]} for {v.shape[1]} columns, not {k}")
+    _k(k, v.shape[1])
     if v.dtype == torch.float32 and (lib := _native(v)):
         mask = torch.empty(v.shape, dtype=torch.bool)
         lib.topk_mask(_p(v), v.shape[0], v.shape[1], k, _p(mask), torch.get_num_threads())
@@ -141,16 +161,21 @@ def bias_topk(xw: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None, 
     """:func:`topk_indices` of ``h = (xw + bias) * scale`` (fp32; no ``scale``: 1), in one pass over
     ``xw`` ``[rows, n]`` (bf16 or fp32), and ``(xw + bias)[:, cols]`` (fp32 ``[rows, len(cols)]``,
     before the scale; None without ``cols``). ``h`` is written into ``out`` if given."""
-    if not 0 < k <= xw.shape[1]:
-        raise ValueError(f"k must be in 1..{xw.shape[1]} for {xw.shape[1]} columns, not {k}")
+    rows, n = xw.shape
+    _k(k, n)
+    for name, t, shape in (("bias", bias, (n,)), ("scale", scale, (n,)), ("out", out, (rows, n))):
+        if t is not None:
+            _shape(name, t, shape)
+    if cols is not None:
+        cols = cols.contiguous()
+        _indices("cols", cols, n)
     extra = tuple(t for t in (scale, out) if t is not None)
-    cols = None if cols is None else cols.contiguous()
     if (xw.dtype in (torch.bfloat16, torch.float32) and bias.dtype == torch.float32
             and all(t.dtype == torch.float32 for t in extra) and xw.device.type == "cpu"
             and xw.is_contiguous() and (lib := _native(bias, *extra, *(() if cols is None else (cols,))))):
         idx = torch.empty(xw.shape[0], k, dtype=torch.int64)
         m = 0 if cols is None else len(cols)
-        picked = torch.empty(xw.shape[0], m) if cols is not None else None
+        picked = torch.empty(xw.shape[0], m, dtype=torch.float32) if cols is not None else None
         lib.bias_topk(_p(xw), int(xw.dtype == torch.bfloat16), _p(bias), None if scale is None else _p(scale),
                       xw.shape[0], xw.shape[1], k, None if out is None else _p(out), _p(idx),
                       None if cols is None else _p(cols), m, None if picked is None else _p(picked),
@@ -178,9 +203,14 @@ def decode_rows(idx: torch.Tensor, a: torch.Tensor, W: torch.Tensor, bias: torch
     ``[rows, k]``: ``⟨g[i], W[idx[i, j]]⟩`` where ``a[i, j] > 0``, else 0. With ``scale = 2 / rows``,
     ``g`` and ``dots`` are the MSE's gradients at the output and at the activations before their ReLU."""
     idx, a, W, bias, x = (t.contiguous() for t in (idx, a, W, bias, x))
+    (rows, k), (n, d) = idx.shape, W.shape
+    _indices("idx", idx, n)
+    for name, t, shape in (("a", a, (rows, k)), ("bias", bias, (d,)), ("x", x, (rows, d))):
+        _shape(name, t, shape)
     g = torch.empty_like(x) if g is None else g
+    _shape("g", g, (rows, d))
     if (a.dtype == W.dtype == bias.dtype == x.dtype == g.dtype == torch.float32 and _rows(g)
-            and (lib := _native(idx, a, W, bias, x))):
+            and g.device.type == "cpu" and (lib := _native(idx, a, W, bias, x))):
         out, sq, dots = torch.empty_like(x), x.new_empty(x.shape[0]), a.new_empty(a.shape)
         lib.decode_rows(_p(idx), _p(a), _p(W), _p(bias), _p(x), idx.shape[0], idx.shape[1], x.shape[1],
                         float(scale), _p(out), _p(sq), _p(g), g.stride(0), _p(dots), torch.get_num_threads())
@@ -197,14 +227,21 @@ def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.T
     """``(Sₐᵀ A, Bᵀ S_b)``, ``[n, d]`` and ``[d, n]``, where ``Sₐ`` is the ``[rows, n]`` matrix
     holding ``a`` at ``idx`` (``[rows, k]``, distinct per row) and zeros elsewhere, and ``S_b``
     likewise ``b``: a sparse decoder's and encoder's weight gradients, in their layouts.
-    ``A`` and ``B`` ``[rows, d]`` (both fp32 or both bf16; sums in fp32) may be two halves of one
-    ``[rows, 2d]`` buffer: the CPU kernel then reads one contiguous row per entry (15 % faster).
-    ``out``: two fp32 tensors to write into."""
+    ``A`` and ``B`` ``[rows, d]`` (both fp32 or both bf16) may be two halves of one ``[rows, 2d]``
+    buffer: the CPU kernel then reads one contiguous row per entry (15 % faster). The CPU kernel
+    sums in fp32; torch's path, in bf16 for bf16 inputs, rounds as autocast does. ``out``: two
+    fp32 tensors to write into."""
     idx, a, b = (t.contiguous() for t in (idx, a, b))
     if not (_rows(A) and _rows(B) and A.stride(0) == B.stride(0)):
         A, B = A.contiguous(), B.contiguous()
     rows, d = A.shape
+    _indices("idx", idx, n)
+    for name, t, shape in (("idx", idx, (rows, idx.shape[1])), ("a", a, idx.shape), ("b", b, idx.shape),
+                           ("B", B, (rows, d))):
+        _shape(name, t, shape)
     outs = out or (A.new_empty(n, d, dtype=torch.float32), B.new_empty(d, n, dtype=torch.float32))
+    _shape("out[0]", outs[0], (n, d))
+    _shape("out[1]", outs[1], (d, n))
     if (A.shape == B.shape and a.dtype == b.dtype == torch.float32 and A.dtype == B.dtype
             and A.dtype in (torch.float32, torch.bfloat16) and A.device.type == B.device.type == "cpu"
             and all(o.dtype == torch.float32 for o in outs) and (lib := _native(idx, a, b, *outs))):

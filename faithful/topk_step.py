@@ -159,7 +159,7 @@ def _aux_k(sae, vals, dead_ids, norm, x_lp, err, lp) -> torch.Tensor:
     if n_dead > k_aux:  # the top k_aux by rescaled pre-activation (hidden_pre's columns), as TopK ranks
         rank = vals if norm is None else vals * norm[dead_ids]
         chosen = native.topk_mask(rank, k_aux)
-        vals.mul_(chosen)
+        vals.masked_fill_(~chosen, 0.0)
     vals_lp, W_sub = vals.to(lp), W_dec.index_select(0, dead_ids).to(lp)
     diff = (vals_lp @ W_sub).to(W_dec.dtype).add_(err)  # recon - (x - sae_out)
     coef = cfg.aux_loss_coefficient * min(n_dead / k_aux, 1.0)
@@ -168,7 +168,7 @@ def _aux_k(sae, vals, dead_ids, norm, x_lp, err, lp) -> torch.Tensor:
     W_dec.grad.index_add_(0, dead_ids, (vals_lp.T @ g_rec).to(W_dec.dtype))
     g_vals = g_rec @ W_sub.T
     if chosen is not None:
-        g_vals.mul_(chosen)
+        g_vals.masked_fill_(~chosen, 0.0)
     W_enc.grad.index_add_(1, dead_ids, (x_lp.T @ g_vals).to(W_enc.dtype))
     b_enc.grad.index_add_(0, dead_ids, g_vals.sum(0, dtype=b_enc.dtype))
     return loss
@@ -185,7 +185,9 @@ class TopKTrainer(SAETrainer):
     """SAELens's ``SAETrainer`` whose step uses :func:`topk_losses` and fused Adam.
 
     Everything else — Adam's settings, gradient clipping at 1.0, the LR and coefficient
-    schedulers, the dead-latent counters and ``build_train_step_log_dict`` — is SAELens's.
+    schedulers, the dead-latent counters and ``build_train_step_log_dict`` — is SAELens's. Its
+    ``TrainStepOutput.hidden_pre`` is an empty tensor: nothing reads it, and the ``[batch, d_sae]``
+    matrix is not kept (call :func:`topk_losses` for it).
     """
 
     def __init__(self, *args, **kwargs):
@@ -195,17 +197,23 @@ class TopKTrainer(SAETrainer):
             for group in self.optimizer.param_groups:  # before the first step creates Adam's state
                 group["foreach"], group["fused"] = None, True
 
-    def _clip_grad_norm(self, sae, max_norm: float) -> None:
-        """SAELens's ``clip_grad_norm_(sae.parameters(), max_norm)``; with fused Adam, the scaling is
-        left to Adam's kernel (its ``grad_scale``, which divides the gradients as it reads them),
-        saving a read and a write of every gradient."""
+    def _clip_and_step(self, sae, max_norm: float) -> None:
+        """SAELens's ``clip_grad_norm_(sae.parameters(), max_norm)`` then Adam's step. With fused
+        Adam the clipping's scale is applied by Adam's kernel as it reads the gradients (its
+        ``grad_scale``, which divides them; set for this step only), saving a read and a write of
+        every gradient."""
         grads = [p.grad for p in sae.parameters()]
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        if self.optimizer.param_groups[0].get("fused"):
-            self.optimizer.grad_scale = 1.0 / coef
-        else:
+        if not self.optimizer.param_groups[0].get("fused"):
             torch._foreach_mul_(grads, coef)
+            self.optimizer.step()
+            return
+        self.optimizer.grad_scale = (1.0 / coef).float()
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.grad_scale
 
     def _train_step(self, sae, sae_in: torch.Tensor) -> TrainStepOutput:
         sae.train()
@@ -220,8 +228,7 @@ class TopKTrainer(SAETrainer):
             self.n_frac_active_samples += self.cfg.train_batch_size_samples
         # topk_losses wrote the gradients (overwriting the last step's: no zero_grad, whose
         # set_to_none would cost fresh buffers every step).
-        self._clip_grad_norm(sae, 1.0)
-        self.optimizer.step()
+        self._clip_and_step(sae, 1.0)
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():
             scheduler.step()

@@ -153,3 +153,46 @@ def test_the_library_is_built_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_lib", None)
     assert native.library() is not None
     assert [p.name for p in tmp_path.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
+
+
+def test_bad_inputs_are_refused_before_reaching_the_kernels(kernels):
+    """The kernels index memory with these: wrong dtypes, shapes or out-of-range indices are
+    ValueErrors that name the argument, on either path."""
+    rows, n, d, k = 4, 50, 8, 3
+    idx = torch.tensor([[0, 1, 2]] * rows)
+    a, W, x = torch.rand(rows, k), torch.randn(n, d), torch.randn(rows, d)
+    with pytest.raises(ValueError, match="idx must be int64"):
+        native.decode_rows(idx.float(), a, W, torch.zeros(d), x, 1.0)
+    with pytest.raises(ValueError, match=r"idx must lie in 0\.\.49"):
+        native.decode_rows(idx + 48, a, W, torch.zeros(d), x, 1.0)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        native.decode_rows(idx, a, W, torch.zeros(d + 1), x, 1.0)
+    with pytest.raises(ValueError, match="g must have shape"):
+        native.decode_rows(idx, a, W, torch.zeros(d), x, 1.0, g=torch.empty(rows, d - 1))
+    with pytest.raises(ValueError, match=r"idx must lie in 0\.\.9"):
+        native.sparse_outer(idx + 8, a, a, x, x, 10)
+    with pytest.raises(ValueError, match=r"out\[1\] must have shape"):
+        native.sparse_outer(idx, a, a, x, x, n, out=(torch.empty(n, d), torch.empty(n, d)))
+    with pytest.raises(ValueError, match="cols must lie"):
+        native.bias_topk(torch.randn(rows, n), torch.zeros(n), None, k, cols=torch.tensor([n]))
+    with pytest.raises(ValueError, match="scale must have shape"):
+        native.bias_topk(torch.randn(rows, n), torch.zeros(n), torch.ones(n - 1), k)
+
+
+def test_bias_topk_is_fp32_whatever_the_default_dtype(kernels):
+    before = torch.get_default_dtype()
+    xw, bias = torch.randn(3, 64, dtype=torch.float32), torch.randn(64, dtype=torch.float32)
+    try:
+        torch.set_default_dtype(torch.float64)
+        _, picked = native.bias_topk(xw, bias, None, 4, cols=torch.tensor([5, 9]))
+    finally:
+        torch.set_default_dtype(before)
+    assert picked.dtype == torch.float32 and torch.equal(picked, (xw + bias)[:, [5, 9]])
+
+
+def test_minus_zero_ties_with_zero(kernels):
+    """-0.0 == 0.0: a tie, so the earlier column wins, as for any equal values."""
+    h = torch.tensor([[-0.0, 0.0, -1.0] + [-2.0] * 61])
+    assert native.topk_indices(h, 1).tolist() in ([[0]], [[1]])
+    if kernels == "native":
+        assert native.topk_indices(h, 1).tolist() == [[0]]

@@ -149,3 +149,14 @@ def test_unsupported_settings_are_refused():
         topk_losses(sae, torch.randn(4, D_IN), None)
     with pytest.raises(ValueError, match=r"\[batch, d_in\]"):
         topk_losses(_sae(), torch.randn(2, 4, D_IN), None)
+
+
+def test_the_clipping_scale_is_set_for_one_step_only():
+    """The clip's scale reaches fused Adam as its grad_scale for that step only: a later plain
+    optimiser step must not inherit it."""
+    tr = _trainer(TopKTrainer, _sae())
+    tr.step(torch.randn(BATCH, D_IN) * 50)  # large: the clip is active
+    assert not hasattr(tr.optimizer, "grad_scale")
+    # fused Adam divides the gradients in place: they end clipped to norm 1, as after SAELens's clip
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tr.sae.parameters()]))
+    assert total.item() == pytest.approx(1.0, abs=1e-4)
