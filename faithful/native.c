@@ -196,10 +196,12 @@ static inline float bf16_to_float(uint16_t v) {
  * fp32); outA [n, d], outBt [d, n]. These are Sᵀ A and Bᵀ S' for the sparse [rows, n] matrices
  * S, S' holding a, b at idx: the decoder's gradient and the encoder's, each in its parameter's
  * layout; ld is A's and B's row stride (in elements). Latents go in tiles of 16, so that outBt
- * is written 16 floats at a time. `start` (n + 1) and `order` (rows * k) are scratch. */
+ * is written 16 floats at a time. sq[0], sq[1] = the sums of squares of outA and outBt (for the
+ * gradient's norm), summed per tile and then over tiles in order. `start` (n + 1), `order`
+ * (rows * k) and `tile_sq` (2 * ceil(n / 16)) are scratch. */
 void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t rows, int k, int64_t n,
                   const void *A, const void *B, int is_bf16, int64_t d, int64_t ld, float *outA,
-                  float *outBt, int64_t *start, int64_t *order, int threads) {
+                  float *outBt, double *sq, int64_t *start, int64_t *order, double *tile_sq, int threads) {
     int64_t m = rows * k, tiles = (n + 15) / 16;
     for (int64_t l = 0; l <= n; l++) start[l] = 0;
     for (int64_t e = 0; e < m; e++) start[idx[e] + 1]++;
@@ -211,6 +213,7 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
         #pragma omp for schedule(dynamic, 4)
         for (int64_t t = 0; t < tiles; t++) {
             int64_t l0 = 16 * t, nl = n - l0 < 16 ? n - l0 : 16;
+            double sa2 = 0.0, sb2 = 0.0;
             for (int64_t l = l0; l < l0 + nl; l++) {
                 float *ra = outA + l * d, *rb = tile + (l - l0) * d;
                 for (int64_t c = 0; c < d; c++) { ra[c] = 0.0f; rb[c] = 0.0f; }
@@ -228,10 +231,20 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
                         for (int64_t c = 0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
                     }
                 }
+                float pa[16] = {0}, pb[16] = {0};  /* 16 lanes in a fixed order: vectorised */
+                int64_t c = 0;
+                for (; c + 16 <= d; c += 16)
+                    for (int q = 0; q < 16; q++) { pa[q] += ra[c + q] * ra[c + q]; pb[q] += rb[c + q] * rb[c + q]; }
+                for (; c < d; c++) { sa2 += ra[c] * ra[c]; sb2 += rb[c] * rb[c]; }
+                for (int q = 0; q < 16; q++) { sa2 += pa[q]; sb2 += pb[q]; }
             }
+            tile_sq[2 * t] = sa2;
+            tile_sq[2 * t + 1] = sb2;
             for (int64_t c = 0; c < d; c++)
                 for (int64_t q = 0; q < nl; q++) outBt[c * n + l0 + q] = tile[q * d + c];
         }
         free(tile);
     }
+    sq[0] = sq[1] = 0.0;
+    for (int64_t t = 0; t < tiles; t++) { sq[0] += tile_sq[2 * t]; sq[1] += tile_sq[2 * t + 1]; }
 }

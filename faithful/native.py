@@ -98,7 +98,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.topk_mask.argtypes = [p, i64, i64, i32, p, i32]
     lib.bias_topk.argtypes = [p, i32, p, p, i64, i64, i32, p, p, p, i64, p, i32]
     lib.decode_rows.argtypes = [p, p, p, p, p, i64, i32, i64, ctypes.c_float, p, p, p, i64, p, i32]
-    lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i32, i64, i64, p, p, p, p, i32]
+    lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i32, i64, i64, p, p, p, p, p, p, i32]
     for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer):
         fn.restype = None
     return lib
@@ -215,16 +215,20 @@ def decode_rows(idx: torch.Tensor, a: torch.Tensor, W: torch.Tensor, bias: torch
         lib.decode_rows(_p(idx), _p(a), _p(W), _p(bias), _p(x), idx.shape[0], idx.shape[1], x.shape[1],
                         float(scale), _p(out), _p(sq), _p(g), g.stride(0), _p(dots), torch.get_num_threads())
         return out, sq, g, dots
-    out = torch.nn.functional.embedding_bag(idx, W, per_sample_weights=a.to(W.dtype), mode="sum") + bias
-    err = out - x
-    g.copy_(err * scale)
-    return out, err.pow(2).sum(-1), g, (g @ W.T).gather(1, idx) * (a > 0)
+    with torch.enable_grad():  # embedding_bag's own backward gives ⟨g, W[idx]⟩ without a [rows, n] product
+        w = a.detach().to(W.dtype).requires_grad_()
+        out = torch.nn.functional.embedding_bag(idx, W.detach(), per_sample_weights=w, mode="sum") + bias
+        err = out.detach() - x
+        g.copy_(err * scale)
+        (dots,) = torch.autograd.grad(out, w, grad_outputs=g)
+    return out.detach(), err.pow(2).sum(-1), g, dots * (a > 0)
 
 
 def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  n: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Sₐᵀ A, Bᵀ S_b)``, ``[n, d]`` and ``[d, n]``, where ``Sₐ`` is the ``[rows, n]`` matrix
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Sₐᵀ A, Bᵀ S_b, sq)``, ``[n, d]``, ``[d, n]`` and float64 ``[2]`` (their sums of squares,
+    for the gradient's norm), where ``Sₐ`` is the ``[rows, n]`` matrix
     holding ``a`` at ``idx`` (``[rows, k]``, distinct per row) and zeros elsewhere, and ``S_b``
     likewise ``b``: a sparse decoder's and encoder's weight gradients, in their layouts.
     ``A`` and ``B`` ``[rows, d]`` (both fp32 or both bf16) may be two halves of one ``[rows, 2d]``
@@ -246,11 +250,13 @@ def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.T
             and A.dtype in (torch.float32, torch.bfloat16) and A.device.type == B.device.type == "cpu"
             and all(o.dtype == torch.float32 for o in outs) and (lib := _native(idx, a, b, *outs))):
         start, order = torch.empty(n + 1, dtype=torch.int64), torch.empty(idx.numel(), dtype=torch.int64)
+        sq, tile_sq = torch.empty(2, dtype=torch.float64), torch.empty(2 * ((n + 15) // 16), dtype=torch.float64)
         lib.sparse_outer(_p(idx), _p(a), _p(b), rows, idx.shape[1], n, _p(A), _p(B), int(A.dtype == torch.bfloat16),
-                         d, A.stride(0), _p(outs[0]), _p(outs[1]), _p(start), _p(order), torch.get_num_threads())
-        return outs
+                         d, A.stride(0), _p(outs[0]), _p(outs[1]), _p(sq), _p(start), _p(order), _p(tile_sq),
+                         torch.get_num_threads())
+        return (*outs, sq)
     S_a = A.new_zeros(rows, n).scatter_(1, idx, a.to(A.dtype))
     S_b = B.new_zeros(rows, n).scatter_(1, idx, b.to(B.dtype))
     outs[0].copy_(S_a.T @ A)
     outs[1].copy_(B.T @ S_b)
-    return outs
+    return (*outs, torch.stack([o.double().pow(2).sum() for o in outs]))

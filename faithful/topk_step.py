@@ -77,9 +77,9 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
     Returns a dict with ``loss`` (MSE + AuxK), ``mse_loss``, ``auxiliary_reconstruction_loss``,
     ``sae_out`` ``[batch, d_in]``, ``indices`` and ``acts`` (``[batch, k]``: the chosen latents,
     in increasing order, and their ReLU'd activations) and ``hidden_pre`` (the rescaled
-    pre-activations, a reused buffer when ``work`` is given; None unless ``keep_hidden_pre``),
-    all without autograd. ``dead`` is the trainer's dead-latent mask; ``bf16`` runs the encoder
-    and AuxK matmuls in bf16.
+    pre-activations, a reused buffer when ``work`` is given; None unless ``keep_hidden_pre``) and
+    ``grad_norm`` (the gradients' global L2 norm, float64), all without autograd. ``dead`` is the
+    trainer's dead-latent mask; ``bf16`` runs the encoder and AuxK matmuls in bf16.
     """
     cfg = sae.cfg
     if cfg.normalize_activations not in SUPPORTED_NORMALISATION:
@@ -130,18 +130,29 @@ def _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre) -> dict:
     grad_W_dec, grad_b_enc = _grad(W_dec), _grad(b_enc)
     if lp != dt:
         g_x_lp[:, :d_in].copy_(g_out)
-    native.sparse_outer(idx, a, g_raw, g_x_lp[:, :d_in], g_x_lp[:, d_in:], d_sae, out=(grad_W_dec, _grad(W_enc)))
+    grad_W_enc = _grad(W_enc)
+    *_, sq = native.sparse_outer(idx, a, g_raw, g_x_lp[:, :d_in], g_x_lp[:, d_in:], d_sae,
+                                 out=(grad_W_dec, grad_W_enc))
+    grad_sq = sq.sum()  # Σ of squared weight gradients, for the clipping's norm without a pass over them
     grad_b_enc.zero_().index_add_(0, idx.flatten(), g_raw.flatten())
     aux = mse.new_zeros(())
-    if n_dead:
+    if n_dead:  # AuxK adds to the dead latents' rows and columns: their share of the norm is redone
+        grad_sq -= _sq(grad_W_dec[dead_ids]) + _sq(grad_W_enc[:, dead_ids])
         aux = _aux_k(sae, dead_pre, dead_ids, norm, x_lp, sae_out - x, lp)
+        grad_sq += _sq(grad_W_dec[dead_ids]) + _sq(grad_W_enc[:, dead_ids])
     # b_dec: the decoder's bias, and through the encoder's input x - b_dec: -W_enc (Σ ∂hidden_pre).
     grad_b_dec = _grad(b_dec).copy_(g_out.sum(0))
     if cfg.apply_b_dec_to_input:
         grad_b_dec.sub_(W_enc @ grad_b_enc)
+    grad_sq += _sq(grad_b_enc) + _sq(grad_b_dec)
     acts = (raw * norm[idx]).relu() if norm is not None else a
     return {"loss": mse + aux, "mse_loss": mse, "auxiliary_reconstruction_loss": aux,
-            "sae_out": sae_out, "indices": idx, "acts": acts, "hidden_pre": hidden_pre}
+            "sae_out": sae_out, "indices": idx, "acts": acts, "hidden_pre": hidden_pre,
+            "grad_norm": grad_sq.clamp_min(0).sqrt()}
+
+
+def _sq(t: torch.Tensor) -> torch.Tensor:
+    return t.double().pow(2).sum()
 
 
 def _aux_k(sae, vals, dead_ids, norm, x_lp, err, lp) -> torch.Tensor:
@@ -197,14 +208,14 @@ class TopKTrainer(SAETrainer):
             for group in self.optimizer.param_groups:  # before the first step creates Adam's state
                 group["foreach"], group["fused"] = None, True
 
-    def _clip_and_step(self, sae, max_norm: float) -> None:
-        """SAELens's ``clip_grad_norm_(sae.parameters(), max_norm)`` then Adam's step. With fused
-        Adam the clipping's scale is applied by Adam's kernel as it reads the gradients (its
-        ``grad_scale``, which divides them; set for this step only), saving a read and a write of
-        every gradient."""
+    def _clip_and_step(self, sae, max_norm: float, total: torch.Tensor) -> None:
+        """SAELens's ``clip_grad_norm_(sae.parameters(), max_norm)`` then Adam's step, for
+        gradients of norm ``total`` (summed as :func:`topk_losses` wrote them: no pass over them
+        here). With fused Adam the clipping's scale is applied by Adam's kernel as it reads the
+        gradients (its ``grad_scale``, which divides them; set for this step only), saving a read
+        and a write of every gradient."""
         grads = [p.grad for p in sae.parameters()]
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        coef = (max_norm / (total.to(grads[0].device, torch.float32) + 1e-6)).clamp(max=1.0)
         if not self.optimizer.param_groups[0].get("fused"):
             torch._foreach_mul_(grads, coef)
             self.optimizer.step()
@@ -228,7 +239,7 @@ class TopKTrainer(SAETrainer):
             self.n_frac_active_samples += self.cfg.train_batch_size_samples
         # topk_losses wrote the gradients (overwriting the last step's: no zero_grad, whose
         # set_to_none would cost fresh buffers every step).
-        self._clip_and_step(sae, 1.0)
+        self._clip_and_step(sae, 1.0, out["grad_norm"])
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():
             scheduler.step()

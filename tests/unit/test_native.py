@@ -94,6 +94,7 @@ def test_sparse_outer_is_both_weight_gradients(kernels, dtype):
         out = (torch.full((n, d), 9.0), torch.full((d, n), 9.0))
         got = native.sparse_outer(idx, a, b, *inputs, n, out=out)
         assert got[0] is out[0] and got[1] is out[1] and out[0].dtype == torch.float32
+        torch.testing.assert_close(got[2], torch.stack([o.double().pow(2).sum() for o in out]), rtol=1e-6, atol=0)
         torch.testing.assert_close(out[0], S_a.T @ A.float(), **tol)
         torch.testing.assert_close(out[1], B.float().T @ S_b, **tol)
         assert out[0][n - 20:].eq(0).all() and out[1][:, n - 20:].eq(0).all()

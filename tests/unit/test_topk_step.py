@@ -66,6 +66,8 @@ def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg, kernels):
     torch.testing.assert_close(ours["sae_out"], ref.sae_out, rtol=1e-5, atol=1e-5)
     dense = torch.zeros(BATCH, D_SAE).scatter_(1, ours["indices"], ours["acts"].detach())
     torch.testing.assert_close(dense, ref.feature_acts, rtol=1e-5, atol=1e-6)
+    norm = torch.linalg.vector_norm(torch.stack([g.double().norm() for g in g_ours.values()]))
+    assert ours["grad_norm"].item() == pytest.approx(norm.item(), rel=1e-6)  # the clip's norm, summed on the way
     for name in g_ref:
         torch.testing.assert_close(g_ours[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
