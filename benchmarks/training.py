@@ -280,7 +280,9 @@ def seeds_ratio(model, dataset, n_tokens: int, profile, root: Path, rounds: int)
     print(f"    single-seed steps: {timer.summary()}")
     both = statistics.median(b["wall"] for b in boths)
     sae_both = [statistics.median(b["sae"][i] for b in boths) for i in range(2)]
-    print(f"    two seeds together (median): {both:.1f} s (SAE steps {sae_both[0]:.1f} + {sae_both[1]:.1f} s)")
+    lm_both = statistics.median(b["lm"] for b in boths)
+    print(f"    two seeds together (median): {both:.1f} s = LM {lm_both:.1f} s + SAE steps {sae_both[0]:.1f} + "
+          f"{sae_both[1]:.1f} s + other {both - lm_both - sum(sae_both):.1f} s")
     print(f"    two seeds / one seed, per round: {', '.join(f'{r:.2f}' for r in ratios)} -> median "
           f"{statistics.median(ratios):.2f}x (target <= 1.15x), {statistics.median(ratios) / 2:.2f}x two "
           "single-seed runs")
