@@ -185,12 +185,19 @@ def not_sinks(x: torch.Tensor) -> torch.Tensor:
     return norms <= SINK_NORM_RATIO * norms.median() if len(norms) else norms.bool()
 
 
-def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` over the rows of ``x`` (float64; NaN for no rows)."""
+def total_variance(x: torch.Tensor) -> torch.Tensor:
+    """``Σ‖x − x̄‖²`` over the rows of ``x`` (a float64 scalar)."""
+    x64 = x.double()
+    return (x64 - x64.mean(0)).pow(2).sum()
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor, total: torch.Tensor | None = None) -> float:
+    """``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` over the rows of ``x`` (float64; NaN for no rows).
+    ``total``: :func:`total_variance` of ``x``, when several reconstructions of one batch share it."""
     if not len(x):
         return float("nan")
-    x64, x_hat64 = x.double(), x_hat.double()
-    return (1 - (x64 - x_hat64).pow(2).sum() / (x64 - x64.mean(0)).pow(2).sum()).item()
+    total = total_variance(x) if total is None else total
+    return (1 - (x.double() - x_hat.double()).pow(2).sum() / total).item()
 
 
 class _Moments:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import storage
-from .fidelity import not_sinks
+from .fidelity import explained_variance, not_sinks, total_variance
 from .models import hook_name, model_name, sae_preset
 from .runs import (CURVES_FILE, RUN_FILE, dataset_label, list_runs,  # noqa: F401 (public here too)
                    plot_training_curves, read_curves, run_dir, write_curves)
@@ -330,16 +330,15 @@ class _Run:
         """One point of the training curves: SAELens's log-dict metrics (MSE, AuxK loss, explained
         variance, L0, dead latents), computed directly (its dict costs 3 ms a call, paid by every
         seed), and the explained variance without the batch's sinks."""
-        err = (out.sae_out.float() - stats.x).pow(2).sum(-1, dtype=torch.float64)
         fired = out.feature_acts._values()  # the chosen latents' activations; a zero did not fire
         self.curves[seed].append({
             "step": trainer.n_training_steps + 1, "tokens": trainer.n_training_samples,
             "mse": float(out.losses["mse_loss"]),
             "aux_loss": float(out.losses.get("auxiliary_reconstruction_loss", 0.0)),
-            "explained_variance": (1 - err.sum() / stats.total).item(),
-            "explained_variance_without_sinks": ((1 - err[stats.typical].sum() / stats.total_typical).item()
-                                                 if stats.typical.any() else float("nan")),
-            "l0": (fired != 0).sum().item() / len(err),
+            "explained_variance": explained_variance(stats.x, out.sae_out, stats.total),
+            "explained_variance_without_sinks": explained_variance(
+                stats.x[stats.typical], out.sae_out[stats.typical], stats.total_typical),
+            "l0": (fired != 0).sum().item() / len(stats.x),
             "dead_latents": int(trainer.dead_neurons.sum()), "seconds": time.perf_counter() - self.t_start})
 
     def _checkpoint(self, step: int) -> None:
@@ -393,11 +392,9 @@ class _BatchStats:
     for all seeds: its total variance, and that of its tokens other than sinks (``not_sinks``)."""
 
     def __init__(self, x: torch.Tensor):
-        self.x = x.float()
-        self.typical = not_sinks(self.x)  # a batch with a sink has most of its variance there
-        self.total = (self.x - self.x.mean(0)).pow(2).sum(dtype=torch.float64)
-        rest = self.x[self.typical]
-        self.total_typical = (rest - rest.mean(0)).pow(2).sum(dtype=torch.float64) if len(rest) else None
+        self.x = x
+        self.typical = not_sinks(x)  # a batch with a sink has most of its variance there
+        self.total, self.total_typical = total_variance(x), total_variance(x[self.typical])
 
 
 @torch.no_grad()
