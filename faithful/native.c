@@ -8,6 +8,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 /* An int32 that orders as the float does: NaN above everything (as in torch.topk), and -0
  * equal to +0. */
@@ -190,18 +193,65 @@ static inline float bf16_to_float(uint16_t v) {
     return c.f;
 }
 
+/* ra[c] = sum over the entries order[p0..p1) (in order) of a[e] * A[e / k, c], and rb[c]
+ * likewise with b and B. */
+static void outer_row(const int64_t *order, int64_t p0, int64_t p1, int k, const float *a,
+                      const float *b, const void *A, const void *B, int is_bf16, int64_t d,
+                      int64_t ld, float *restrict ra, float *restrict rb) {
+    for (int64_t c = 0; c < d; c++) { ra[c] = 0.0f; rb[c] = 0.0f; }
+    for (int64_t p = p0; p < p1; p++) {
+        int64_t e = order[p], off = (e / k) * ld;
+        float sa = a[e], sb = b[e];
+        if (is_bf16) {
+            const uint16_t *xa = (const uint16_t *)A + off, *xb = (const uint16_t *)B + off;
+            for (int64_t c = 0; c < d; c++) {
+                ra[c] += sa * bf16_to_float(xa[c]);
+                rb[c] += sb * bf16_to_float(xb[c]);
+            }
+        } else {
+            const float *xa = (const float *)A + off, *xb = (const float *)B + off;
+            for (int64_t c = 0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
+        }
+    }
+}
+
+/* outBt[c * n + q] = tile[q * d + c] for q < nl, c < d: a tile's 16 columns of the transposed
+ * gradient. With AVX-512, 16 at a time by one gather, and streamed (non-temporal) when the rows
+ * are 64-byte aligned: outBt's rows lie n floats apart, so each store would otherwise first
+ * read a cache line from memory (half the kernel's time). */
+static void tile_to_columns(const float *tile, int64_t nl, int64_t d, int64_t n, float *outBt) {
+#ifdef __AVX512F__
+    if (nl == 16 && d < (1 << 26)) {
+        __m512i step = _mm512_mullo_epi32(_mm512_set1_epi32((int)d),
+                                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+        if (((uintptr_t)outBt & 63) == 0 && (n & 15) == 0) {
+            for (int64_t c = 0; c < d; c++)
+                _mm512_stream_ps(outBt + c * n, _mm512_i32gather_ps(step, tile + c, 4));
+            _mm_sfence();  /* this thread's streamed stores are visible before it moves on */
+        } else {
+            for (int64_t c = 0; c < d; c++)
+                _mm512_storeu_ps(outBt + c * n, _mm512_i32gather_ps(step, tile + c, 4));
+        }
+        return;
+    }
+#endif
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t q = 0; q < nl; q++) outBt[c * n + q] = tile[q * d + c];
+}
+
 /* For each latent l: outA[l, :] = sum a[e] * A[e / k, :] and outBt[:, l] = sum b[e] * B[e / k, :]
  * over the entries e (of rows * k) with idx[e] == l, in increasing e; latents no entry names
  * get zeros. A, B [rows, d], fp32 or bf16 (raw bits, is_bf16: half the bytes read; sums in
  * fp32); outA [n, d], outBt [d, n]. These are Sᵀ A and Bᵀ S' for the sparse [rows, n] matrices
  * S, S' holding a, b at idx: the decoder's gradient and the encoder's, each in its parameter's
  * layout; ld is A's and B's row stride (in elements). Latents go in tiles of 16, so that outBt
- * is written 16 floats at a time. sq[0], sq[1] = the sums of squares of outA and outBt (for the
- * gradient's norm), summed per tile and then over tiles in order. `start` (n + 1), `order`
- * (rows * k) and `tile_sq` (2 * ceil(n / 16)) are scratch. */
+ * is written 16 floats at a time (streamed past the caches where it can: it is not read again
+ * here). lat_sq[l], lat_sq[n + l] = the sums of squares of outA's row l and outBt's column l,
+ * and sq[0], sq[1] their totals over l in order (for the gradient's norm, and AuxK's share of
+ * it). `start` (n + 1) and `order` (rows * k) are scratch. */
 void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t rows, int k, int64_t n,
                   const void *A, const void *B, int is_bf16, int64_t d, int64_t ld, float *outA,
-                  float *outBt, double *sq, int64_t *start, int64_t *order, double *tile_sq, int threads) {
+                  float *outBt, double *sq, double *lat_sq, int64_t *start, int64_t *order, int threads) {
     int64_t m = rows * k, tiles = (n + 15) / 16;
     for (int64_t l = 0; l <= n; l++) start[l] = 0;
     for (int64_t e = 0; e < m; e++) start[idx[e] + 1]++;
@@ -213,38 +263,61 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
         #pragma omp for schedule(dynamic, 4)
         for (int64_t t = 0; t < tiles; t++) {
             int64_t l0 = 16 * t, nl = n - l0 < 16 ? n - l0 : 16;
-            double sa2 = 0.0, sb2 = 0.0;
             for (int64_t l = l0; l < l0 + nl; l++) {
+                double sa2 = 0.0, sb2 = 0.0;
                 float *ra = outA + l * d, *rb = tile + (l - l0) * d;
-                for (int64_t c = 0; c < d; c++) { ra[c] = 0.0f; rb[c] = 0.0f; }
-                for (int64_t p = l ? start[l - 1] : 0; p < start[l]; p++) {
-                    int64_t e = order[p], off = (e / k) * ld;
-                    float sa = a[e], sb = b[e];
-                    if (is_bf16) {
-                        const uint16_t *xa = (const uint16_t *)A + off, *xb = (const uint16_t *)B + off;
-                        for (int64_t c = 0; c < d; c++) {
-                            ra[c] += sa * bf16_to_float(xa[c]);
-                            rb[c] += sb * bf16_to_float(xb[c]);
-                        }
-                    } else {
-                        const float *xa = (const float *)A + off, *xb = (const float *)B + off;
-                        for (int64_t c = 0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
-                    }
-                }
+                outer_row(order, l ? start[l - 1] : 0, start[l], k, a, b, A, B, is_bf16, d, ld, ra, rb);
                 float pa[16] = {0}, pb[16] = {0};  /* 16 lanes in a fixed order: vectorised */
                 int64_t c = 0;
                 for (; c + 16 <= d; c += 16)
                     for (int q = 0; q < 16; q++) { pa[q] += ra[c + q] * ra[c + q]; pb[q] += rb[c + q] * rb[c + q]; }
                 for (; c < d; c++) { sa2 += ra[c] * ra[c]; sb2 += rb[c] * rb[c]; }
                 for (int q = 0; q < 16; q++) { sa2 += pa[q]; sb2 += pb[q]; }
+                lat_sq[l] = sa2;
+                lat_sq[n + l] = sb2;
             }
-            tile_sq[2 * t] = sa2;
-            tile_sq[2 * t + 1] = sb2;
-            for (int64_t c = 0; c < d; c++)
-                for (int64_t q = 0; q < nl; q++) outBt[c * n + l0 + q] = tile[q * d + c];
+            tile_to_columns(tile, nl, d, n, outBt + l0);
         }
         free(tile);
     }
     sq[0] = sq[1] = 0.0;
-    for (int64_t t = 0; t < tiles; t++) { sq[0] += tile_sq[2 * t]; sq[1] += tile_sq[2 * t + 1]; }
+    for (int64_t l = 0; l < n; l++) { sq[0] += lat_sq[l]; sq[1] += lat_sq[n + l]; }
+}
+
+/* AuxK's share of the weight gradients: outA[ids[j], :] += G[j, :] and outBt[:, ids[j]] +=
+ * H[:, j] for the m distinct latents ids (G [m, d], H [d, m], both fp32 or both bf16 (is_bf16),
+ * added in fp32), and sq[0], sq[1] = the sums of squares of those rows and columns after the
+ * addition (each latent's in order of c, then over j in order). Latents go to threads in fixed
+ * blocks; outBt is walked row by row (c outer), each block's columns within it. */
+void add_rows_cols(float *outA, float *outBt, int64_t n, int64_t d, const int64_t *ids, int64_t m,
+                   const void *G, const void *H, int is_bf16, double *sq, int threads) {
+    double *row_sq = malloc(sizeof(double) * 2 * (m ? m : 1)), *col_sq = row_sq + m;
+    int64_t blocks = (m + 63) / 64;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        int64_t j0 = 64 * blk, j1 = j0 + 64 < m ? j0 + 64 : m;
+        for (int64_t j = j0; j < j1; j++) {
+            float *r = outA + ids[j] * d;
+            double s = 0.0;
+            for (int64_t c = 0; c < d; c++) {
+                float g = is_bf16 ? bf16_to_float(((const uint16_t *)G)[j * d + c]) : ((const float *)G)[j * d + c];
+                r[c] += g;
+                s += (double)r[c] * r[c];
+            }
+            row_sq[j] = s;
+            col_sq[j] = 0.0;
+        }
+        for (int64_t c = 0; c < d; c++) {
+            float *row = outBt + c * n;
+            for (int64_t j = j0; j < j1; j++) {
+                float h = is_bf16 ? bf16_to_float(((const uint16_t *)H)[c * m + j]) : ((const float *)H)[c * m + j];
+                float v = row[ids[j]] + h;
+                row[ids[j]] = v;
+                col_sq[j] += (double)v * v;
+            }
+        }
+    }
+    sq[0] = sq[1] = 0.0;
+    for (int64_t j = 0; j < m; j++) { sq[0] += row_sq[j]; sq[1] += col_sq[j]; }
+    free(row_sq);
 }

@@ -78,12 +78,14 @@ def test_decode_rows_is_the_decoder_and_its_gradient(kernels):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sparse_outer_is_both_weight_gradients(kernels, dtype):
+@pytest.mark.parametrize("n", [333, 320])
+def test_sparse_outer_is_both_weight_gradients(kernels, dtype, n):
     """Sₐᵀ A and Bᵀ S_b against dense fp32 matrices, for separate inputs and for two halves of
     one buffer, fp32 or bf16 (summed in fp32); latents that no row chose get zeros (over stale
-    values in ``out``)."""
+    values in ``out``). n = 333 ends in a part tile; 320 is all whole tiles, whose columns are
+    streamed to memory when aligned."""
     gen = torch.Generator().manual_seed(2)
-    rows, n, d, k = 50, 333, 24, 5  # n not a multiple of the 16-latent tiles
+    rows, d, k = 50, 24, 5
     idx = torch.stack([torch.randperm(n - 20, generator=gen)[:k] for _ in range(rows)])
     a, b = torch.randn(rows, k, generator=gen), torch.randn(rows, k, generator=gen)
     both = torch.randn(rows, 2 * d, generator=gen).to(dtype)
@@ -92,12 +94,41 @@ def test_sparse_outer_is_both_weight_gradients(kernels, dtype):
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for inputs in ((A, B), (A.contiguous(), B.contiguous())):
         out = (torch.full((n, d), 9.0), torch.full((d, n), 9.0))
-        got = native.sparse_outer(idx, a, b, *inputs, n, out=out)
+        latent_sq = torch.full((2, n), 9.0, dtype=torch.float64)
+        got = native.sparse_outer(idx, a, b, *inputs, n, out=out, latent_sq=latent_sq)
         assert got[0] is out[0] and got[1] is out[1] and out[0].dtype == torch.float32
         torch.testing.assert_close(got[2], torch.stack([o.double().pow(2).sum() for o in out]), rtol=1e-6, atol=0)
+        per_latent = torch.stack([out[0].double().pow(2).sum(1), out[1].double().pow(2).sum(0)])
+        torch.testing.assert_close(latent_sq, per_latent, rtol=1e-6, atol=0)
+        torch.testing.assert_close(latent_sq.sum(1), got[2], rtol=1e-12, atol=0)
         torch.testing.assert_close(out[0], S_a.T @ A.float(), **tol)
         torch.testing.assert_close(out[1], B.float().T @ S_b, **tol)
         assert out[0][n - 20:].eq(0).all() and out[1][:, n - 20:].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rows_cols_adds_auxk_share_and_its_squares(kernels, dtype):
+    """G into rows ``ids`` of the first gradient and H into the same columns of the second,
+    in place; the sums of squares of exactly those rows and columns afterwards. Other rows and
+    columns are untouched; a 64-latent block boundary is crossed (several blocks per thread)."""
+    gen = torch.Generator().manual_seed(5)
+    n, d = 300, 24
+    ids = torch.randperm(n, generator=gen)[:150]
+    outA, outBt = torch.randn(n, d, generator=gen), torch.randn(d, n, generator=gen)
+    G, H = torch.randn(150, d, generator=gen).to(dtype), torch.randn(d, 150, generator=gen).to(dtype)
+    wantA, wantBt = outA.clone(), outBt.clone()
+    wantA[ids] += G.float()
+    wantBt[:, ids] += H.float()
+    sq = native.add_rows_cols(outA, outBt, ids, G, H)
+    assert torch.equal(outA, wantA) and torch.equal(outBt, wantBt)
+    want_sq = torch.stack([wantA[ids].double().pow(2).sum(), wantBt[:, ids].double().pow(2).sum()])
+    torch.testing.assert_close(sq, want_sq, rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match="ids must be distinct"):
+        native.add_rows_cols(outA, outBt, torch.tensor([3, 3]), G[:2], H[:, :2])
+    with pytest.raises(ValueError, match=r"ids must lie in 0\.\.299"):
+        native.add_rows_cols(outA, outBt, torch.tensor([n]), G[:1], H[:, :1])
+    with pytest.raises(ValueError, match="H must have shape"):
+        native.add_rows_cols(outA, outBt, ids, G, H[:, :3])
 
 
 def test_kernels_are_deterministic_across_thread_counts():
@@ -116,7 +147,11 @@ def test_kernels_are_deterministic_across_thread_counts():
             idx, _ = native.bias_topk(xw, bias, None, k)
             a = torch.rand(rows, k, generator=torch.Generator().manual_seed(4))
             out, _, g, dots = native.decode_rows(idx, a, W, bias[:d], x, 0.5)
-            results.append((idx, out, dots, *native.sparse_outer(idx, a, dots, g, x, n)))
+            lat, gA, gBt = torch.empty(2, n, dtype=torch.float64), torch.zeros(n, d), torch.zeros(d, n)
+            outer = native.sparse_outer(idx, a, dots, g, x, n, out=(gA, gBt), latent_sq=lat)
+            ids = torch.arange(0, n, 3)
+            aux_sq = native.add_rows_cols(gA, gBt, ids, torch.ones(len(ids), d), torch.ones(d, len(ids)))
+            results.append((idx, out, dots, *outer, lat, aux_sq))
     finally:
         torch.set_num_threads(before)
     for one, two in zip(*results):
