@@ -321,3 +321,41 @@ void add_rows_cols(float *outA, float *outBt, int64_t n, int64_t d, const int64_
     for (int64_t j = 0; j < m; j++) { sq[0] += row_sq[j]; sq[1] += col_sq[j]; }
     free(row_sq);
 }
+
+/* torch's float -> bf16 rounding: to nearest, ties to even; NaN -> 0x7fc0. */
+static inline uint16_t float_to_bf16(float f) {
+    union { float f; uint32_t u; } c = {.f = f};
+    uint32_t r = (c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16;
+    return (uint16_t)(f != f ? 0x7fc0u : r);
+}
+
+/* AuxK's residual and its gradient, row by row: diff = R + (sae_out - x) (R the dead latents'
+ * reconstruction, fp32 or bf16 (is_bf16); rounded as torch rounds R.float() + (sae_out - x)),
+ * row_sq[r] = the row's sum of diff² (16 fp32 lanes, then in double), and g = diff * scale,
+ * written in R's dtype. One pass where torch's operations take five. */
+void aux_residual(const void *R, int is_bf16, const float *sae_out, const float *x, int64_t rows, int64_t d,
+                  float scale, void *g, double *row_sq, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        float diff[16], lanes[16] = {0};
+        double s = 0.0;
+        for (int64_t c0 = 0; c0 < d; c0 += 16) {
+            int w = d - c0 < 16 ? (int)(d - c0) : 16;
+            int64_t i0 = r * d + c0;
+            for (int q = 0; q < w; q++) {
+                float rec = is_bf16 ? bf16_to_float(((const uint16_t *)R)[i0 + q]) : ((const float *)R)[i0 + q];
+                diff[q] = rec + (sae_out[i0 + q] - x[i0 + q]);
+            }
+            if (is_bf16)
+                for (int q = 0; q < w; q++) ((uint16_t *)g)[i0 + q] = float_to_bf16(diff[q] * scale);
+            else
+                for (int q = 0; q < w; q++) ((float *)g)[i0 + q] = diff[q] * scale;
+            if (w == 16)
+                for (int q = 0; q < 16; q++) lanes[q] += diff[q] * diff[q];
+            else
+                for (int q = 0; q < w; q++) s += (double)diff[q] * diff[q];
+        }
+        for (int q = 0; q < 16; q++) s += lanes[q];
+        row_sq[r] = s;
+    }
+}

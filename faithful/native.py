@@ -15,7 +15,8 @@ for the step's one dense matmul. ``native.c`` does that work in a few ms:
   ``Bᵀ S`` for the sparse activation matrix ``S``, in one pass over the latents, with each
   latent's sum of squares (the gradient norm's parts);
 * :func:`add_rows_cols` — AuxK's share added to the dead latents' rows and columns of those
-  gradients, and their sums of squares afterwards.
+  gradients, and their sums of squares afterwards;
+* :func:`aux_residual` — AuxK's residual, its loss and its gradient in one pass.
 
 Each has a torch equivalent, used for other devices and dtypes (GPUs), with ``FAITHFUL_NATIVE=0``,
 or when no C compiler is found (with a warning that says so). Both give the same choices and the
@@ -103,7 +104,9 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.decode_rows.argtypes = [p, p, p, p, p, i64, i32, i64, ctypes.c_float, p, p, p, i64, p, i32]
     lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i32, i64, i64, p, p, p, p, p, p, i32]
     lib.add_rows_cols.argtypes = [p, p, i64, i64, p, i64, p, p, i32, p, i32]
-    for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer, lib.add_rows_cols):
+    lib.aux_residual.argtypes = [p, i32, p, p, i64, i64, ctypes.c_float, p, p, i32]
+    for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer, lib.add_rows_cols,
+               lib.aux_residual):
         fn.restype = None
     return lib
 
@@ -298,3 +301,23 @@ def add_rows_cols(outA: torch.Tensor, outBt: torch.Tensor, ids: torch.Tensor, G:
     outA.index_add_(0, ids, G.to(outA.dtype))
     outBt.index_add_(1, ids, H.to(outBt.dtype))
     return torch.stack([outA[ids].double().pow(2).sum(), outBt[:, ids].double().pow(2).sum()])
+
+
+def aux_residual(R: torch.Tensor, sae_out: torch.Tensor, x: torch.Tensor, scale: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """AuxK's residual ``diff = R + (sae_out - x)`` (``R`` ``[rows, d]`` fp32 or bf16, the dead
+    latents' reconstruction; ``sae_out``, ``x`` fp32) as ``(diff * scale in R's dtype, float64
+    [rows] sums of diff² per row)``: its gradient and its loss, in one pass. ``diff`` and the
+    gradient round as ``(R.float() + (sae_out - x)) * scale`` does in torch."""
+    _shape("sae_out", sae_out, R.shape)
+    _shape("x", x, R.shape)
+    rows, d = R.shape
+    R, sae_out, x = R.contiguous(), sae_out.contiguous(), x.contiguous()
+    if (R.dtype in (torch.float32, torch.bfloat16) and R.device.type == "cpu"
+            and (lib := _native(sae_out, x))):
+        g, row_sq = torch.empty_like(R), torch.empty(rows, dtype=torch.float64)
+        lib.aux_residual(_p(R), int(R.dtype == torch.bfloat16), _p(sae_out), _p(x), rows, d, scale, _p(g),
+                         _p(row_sq), torch.get_num_threads())
+        return g, row_sq
+    diff = R.to(sae_out.dtype) + (sae_out - x)
+    return (diff * scale).to(R.dtype), diff.double().pow(2).sum(-1)

@@ -143,7 +143,7 @@ def _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre) -> dict:
     aux = mse.new_zeros(())
     if n_dead:  # AuxK adds to the dead latents' rows and columns: their share of the norm is redone
         grad_sq -= latent_sq[:, dead_ids].sum()
-        aux, aux_sq = _aux_k(sae, dead_pre, dead_ids, norm, x_lp, sae_out - x, lp)
+        aux, aux_sq = _aux_k(sae, dead_pre, dead_ids, norm, x_lp, sae_out, x, lp)
         grad_sq += aux_sq
     # b_dec: the decoder's bias, and through the encoder's input x - b_dec: -W_enc (Σ ∂hidden_pre).
     grad_b_dec = _grad(b_dec).copy_(g_out.sum(0))
@@ -160,7 +160,7 @@ def _sq(t: torch.Tensor) -> torch.Tensor:
     return t.double().pow(2).sum()
 
 
-def _aux_k(sae, vals, dead_ids, norm, x_lp, err, lp) -> tuple[torch.Tensor, torch.Tensor]:
+def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> tuple[torch.Tensor, torch.Tensor]:
     """AuxK (Gao et al. App. A.2) as SAELens computes it, adding its gradients to ``.grad``: each
     row's top ``d_in / 2`` dead latents, without ReLU, reconstruct the live latents' residual
     ``x - sae_out`` (no gradient through it) without bias; scaled by min(n_dead / k_aux, 1).
@@ -178,10 +178,10 @@ def _aux_k(sae, vals, dead_ids, norm, x_lp, err, lp) -> tuple[torch.Tensor, torc
         chosen = native.topk_mask(rank, k_aux)
         vals.masked_fill_(~chosen, 0.0)
     vals_lp, W_sub = vals.to(lp), W_dec.index_select(0, dead_ids).to(lp)
-    diff = (vals_lp @ W_sub).to(W_dec.dtype).add_(err)  # recon - (x - sae_out)
     coef = cfg.aux_loss_coefficient * min(n_dead / k_aux, 1.0)
-    loss = coef * diff.pow(2).sum(-1).mean()
-    g_rec = (diff * (2 * coef / batch)).to(lp)
+    # recon - (x - sae_out), its squares per row and its gradient, in one pass
+    g_rec, row_sq = native.aux_residual(vals_lp @ W_sub, sae_out, x, 2 * coef / batch)
+    loss = (coef * row_sq.mean()).to(W_dec.dtype)
     g_vals = g_rec @ W_sub.T
     if chosen is not None:
         g_vals.masked_fill_(~chosen, 0.0)

@@ -131,6 +131,28 @@ def test_add_rows_cols_adds_auxk_share_and_its_squares(kernels, dtype):
         native.add_rows_cols(outA, outBt, ids, G, H[:, :3])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_aux_residual_is_torchs_rounding_in_one_pass(kernels, dtype):
+    """The gradient bit for bit as torch's ``((R.float() + (sae_out - x)) * scale).to(R.dtype)``
+    (a row length that is not a multiple of 16, NaN included), the per-row squares to float
+    rounding; mismatched shapes refused."""
+    gen = torch.Generator().manual_seed(7)
+    rows, d = 37, 70
+    R = torch.randn(rows, d, generator=gen).to(dtype)
+    sae_out, x = torch.randn(rows, d, generator=gen), torch.randn(rows, d, generator=gen)
+    x[3, 5] = float("nan")
+    g, row_sq = native.aux_residual(R, sae_out, x, 0.37)
+    diff = R.float() + (sae_out - x)
+    want_g = (diff * 0.37).to(dtype)
+    assert g.dtype == dtype and torch.equal(g.isnan(), want_g.isnan()) and g.isnan().sum() == 1
+    assert torch.equal(g[~want_g.isnan()], want_g[~want_g.isnan()])
+    want = diff.double().pow(2).sum(-1)
+    torch.testing.assert_close(row_sq[:3], want[:3], rtol=1e-6, atol=0)
+    assert row_sq[3].isnan() and torch.allclose(row_sq[4:], want[4:], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="x must have shape"):
+        native.aux_residual(R, sae_out, x[:, :5], 1.0)
+
+
 def test_kernels_are_deterministic_across_thread_counts():
     """Same bits with 1 and 2 threads: rows and latents are split, sums keep their order."""
     if native.library() is None:
