@@ -173,7 +173,8 @@ def test_kernels_are_deterministic_across_thread_counts():
             outer = native.sparse_outer(idx, a, dots, g, x, n, out=(gA, gBt), latent_sq=lat)
             ids = torch.arange(0, n, 3)
             aux_sq = native.add_rows_cols(gA, gBt, ids, torch.ones(len(ids), d), torch.ones(d, len(ids)))
-            results.append((idx, out, dots, *outer, lat, aux_sq))
+            aux = native.aux_residual(out.bfloat16(), out, x, 0.5)
+            results.append((idx, out, dots, *outer, lat, aux_sq, *aux))
     finally:
         torch.set_num_threads(before)
     for one, two in zip(*results):
