@@ -267,10 +267,14 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
                 double sa2 = 0.0, sb2 = 0.0;
                 float *ra = outA + l * d, *rb = tile + (l - l0) * d;
                 outer_row(order, l ? start[l - 1] : 0, start[l], k, a, b, A, B, is_bf16, d, ld, ra, rb);
-                float pa[16] = {0}, pb[16] = {0};  /* 16 lanes in a fixed order: vectorised */
+                double pa[16] = {0}, pb[16] = {0};  /* 16 lanes in a fixed order (vectorised), in double:
+                                                       a share that would overflow fp32 stays finite */
                 int64_t c = 0;
                 for (; c + 16 <= d; c += 16)
-                    for (int q = 0; q < 16; q++) { pa[q] += ra[c + q] * ra[c + q]; pb[q] += rb[c + q] * rb[c + q]; }
+                    for (int q = 0; q < 16; q++) {
+                        pa[q] += (double)ra[c + q] * ra[c + q];
+                        pb[q] += (double)rb[c + q] * rb[c + q];
+                    }
                 for (; c < d; c++) { sa2 += ra[c] * ra[c]; sb2 += rb[c] * rb[c]; }
                 for (int q = 0; q < 16; q++) { sa2 += pa[q]; sb2 += pb[q]; }
                 lat_sq[l] = sa2;
@@ -287,11 +291,12 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
 /* AuxK's share of the weight gradients: outA[ids[j], :] += G[j, :] and outBt[:, ids[j]] +=
  * H[:, j] for the m distinct latents ids (G [m, d], H [d, m], both fp32 or both bf16 (is_bf16),
  * added in fp32), and sq[0], sq[1] = the sums of squares of those rows and columns after the
- * addition (each latent's in order of c, then over j in order). Latents go to threads in fixed
- * blocks; outBt is walked row by row (c outer), each block's columns within it. */
+ * addition (each latent's in order of c, then over j in order; row_sq, 2 m doubles, is scratch).
+ * Latents go to threads in fixed blocks; outBt is walked row by row (c outer), each block's
+ * columns within it. */
 void add_rows_cols(float *outA, float *outBt, int64_t n, int64_t d, const int64_t *ids, int64_t m,
-                   const void *G, const void *H, int is_bf16, double *sq, int threads) {
-    double *row_sq = malloc(sizeof(double) * 2 * (m ? m : 1)), *col_sq = row_sq + m;
+                   const void *G, const void *H, int is_bf16, double *sq, double *row_sq, int threads) {
+    double *col_sq = row_sq + m;
     int64_t blocks = (m + 63) / 64;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
@@ -319,10 +324,10 @@ void add_rows_cols(float *outA, float *outBt, int64_t n, int64_t d, const int64_
     }
     sq[0] = sq[1] = 0.0;
     for (int64_t j = 0; j < m; j++) { sq[0] += row_sq[j]; sq[1] += col_sq[j]; }
-    free(row_sq);
 }
 
-/* torch's float -> bf16 rounding: to nearest, ties to even; NaN -> 0x7fc0. */
+/* torch's float -> bf16 rounding: to nearest, ties to even; NaN -> a quiet NaN (0x7fc0, where
+ * torch's vectorised conversion may keep another payload). */
 static inline uint16_t float_to_bf16(float f) {
     union { float f; uint32_t u; } c = {.f = f};
     uint32_t r = (c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16;
@@ -332,7 +337,7 @@ static inline uint16_t float_to_bf16(float f) {
 /* AuxK's residual and its gradient, row by row: diff = R + (sae_out - x) (R the dead latents'
  * reconstruction, fp32 or bf16 (is_bf16); rounded as torch rounds R.float() + (sae_out - x)),
  * row_sq[r] = the row's sum of diff² (16 fp32 lanes, then in double), and g = diff * scale,
- * written in R's dtype. One pass where torch's operations take five. */
+ * written in R's dtype (NaN payloads apart). One pass where torch's operations take five. */
 void aux_residual(const void *R, int is_bf16, const float *sae_out, const float *x, int64_t rows, int64_t d,
                   float scale, void *g, double *row_sq, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)

@@ -103,7 +103,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.bias_topk.argtypes = [p, i32, p, p, i64, i64, i32, p, p, p, i64, p, i32]
     lib.decode_rows.argtypes = [p, p, p, p, p, i64, i32, i64, ctypes.c_float, p, p, p, i64, p, i32]
     lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i32, i64, i64, p, p, p, p, p, p, i32]
-    lib.add_rows_cols.argtypes = [p, p, i64, i64, p, i64, p, p, i32, p, i32]
+    lib.add_rows_cols.argtypes = [p, p, i64, i64, p, i64, p, p, i32, p, p, i32]
     lib.aux_residual.argtypes = [p, i32, p, p, i64, i64, ctypes.c_float, p, p, i32]
     for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer, lib.add_rows_cols,
                lib.aux_residual):
@@ -256,12 +256,12 @@ def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.T
     _shape("out[1]", outs[1], (d, n))
     lat = latent_sq if latent_sq is not None else torch.empty(2, n, dtype=torch.float64, device=A.device)
     _shape("latent_sq", lat, (2, n))
-    if lat.dtype != torch.float64:
-        raise ValueError(f"latent_sq must be float64, not {lat.dtype}")
+    if lat.dtype != torch.float64 or lat.device != A.device:
+        raise ValueError(f"latent_sq must be float64 on {A.device}, not {lat.dtype} on {lat.device}")
     sq = torch.empty(2, dtype=torch.float64, device=A.device)
     if (A.shape == B.shape and a.dtype == b.dtype == torch.float32 and A.dtype == B.dtype
             and A.dtype in (torch.float32, torch.bfloat16) and A.device.type == B.device.type == "cpu"
-            and all(o.dtype == torch.float32 for o in outs) and lat.is_contiguous()
+            and all(o.dtype == torch.float32 for o in outs) and lat.is_contiguous() and lat.device.type == "cpu"
             and (lib := _native(idx, a, b, *outs))):
         start, order = torch.empty(n + 1, dtype=torch.int64), torch.empty(idx.numel(), dtype=torch.int64)
         lib.sparse_outer(_p(idx), _p(a), _p(b), rows, idx.shape[1], n, _p(A), _p(B), int(A.dtype == torch.bfloat16),
@@ -279,7 +279,7 @@ def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.T
 
 def add_rows_cols(outA: torch.Tensor, outBt: torch.Tensor, ids: torch.Tensor, G: torch.Tensor,
                   H: torch.Tensor) -> torch.Tensor:
-    """Adds ``G`` ``[m, d]`` to the rows ``ids`` (distinct) of ``outA`` ``[n, d]`` and ``H``
+    """Adds ``G`` ``[m, d]`` to the rows ``ids`` (distinct: checked on CPU) of ``outA`` ``[n, d]`` and ``H``
     ``[d, m]`` to the same columns of ``outBt`` ``[d, n]`` (both fp32; ``G`` and ``H`` fp32 or
     both bf16, added in fp32), in place; returns float64 ``[2]``: the sums of squares of those
     rows and columns afterwards. AuxK's share of the weight gradients, and of their norm."""
@@ -289,14 +289,14 @@ def add_rows_cols(outA: torch.Tensor, outBt: torch.Tensor, ids: torch.Tensor, G:
     m = ids.numel()
     for name, t, shape in (("outBt", outBt, (d, n)), ("G", G, (m, d)), ("H", H, (d, m))):
         _shape(name, t, shape)
-    if ids.unique().numel() != m:
-        raise ValueError("ids must be distinct")
     G, H = G.contiguous(), H.contiguous()
-    if (G.dtype == H.dtype and G.dtype in (torch.float32, torch.bfloat16) and G.device.type == "cpu"
+    if (G.dtype == H.dtype and G.dtype in (torch.float32, torch.bfloat16) and G.device.type == H.device.type == "cpu"
             and outA.dtype == outBt.dtype == torch.float32 and (lib := _native(outA, outBt, ids))):
-        sq = torch.empty(2, dtype=torch.float64)
+        if ids.unique().numel() != m:  # C's threads would race on a repeated row (checked on CPU only)
+            raise ValueError("ids must be distinct")
+        sq, scratch = torch.empty(2, dtype=torch.float64), torch.empty(2 * m, dtype=torch.float64)
         lib.add_rows_cols(_p(outA), _p(outBt), n, d, _p(ids), m, _p(G), _p(H), int(G.dtype == torch.bfloat16),
-                          _p(sq), torch.get_num_threads())
+                          _p(sq), _p(scratch), torch.get_num_threads())
         return sq
     outA.index_add_(0, ids, G.to(outA.dtype))
     outBt.index_add_(1, ids, H.to(outBt.dtype))
@@ -308,13 +308,13 @@ def aux_residual(R: torch.Tensor, sae_out: torch.Tensor, x: torch.Tensor, scale:
     """AuxK's residual ``diff = R + (sae_out - x)`` (``R`` ``[rows, d]`` fp32 or bf16, the dead
     latents' reconstruction; ``sae_out``, ``x`` fp32) as ``(diff * scale in R's dtype, float64
     [rows] sums of diff² per row)``: its gradient and its loss, in one pass. ``diff`` and the
-    gradient round as ``(R.float() + (sae_out - x)) * scale`` does in torch."""
+    gradient round as ``(R.float() + (sae_out - x)) * scale`` does in torch (NaN payloads apart)."""
     _shape("sae_out", sae_out, R.shape)
     _shape("x", x, R.shape)
     rows, d = R.shape
     R, sae_out, x = R.contiguous(), sae_out.contiguous(), x.contiguous()
     if (R.dtype in (torch.float32, torch.bfloat16) and R.device.type == "cpu"
-            and (lib := _native(sae_out, x))):
+            and sae_out.dtype == x.dtype == torch.float32 and (lib := _native(sae_out, x))):
         g, row_sq = torch.empty_like(R), torch.empty(rows, dtype=torch.float64)
         lib.aux_residual(_p(R), int(R.dtype == torch.bfloat16), _p(sae_out), _p(x), rows, d, scale, _p(g),
                          _p(row_sq), torch.get_num_threads())

@@ -104,6 +104,12 @@ def test_sparse_outer_is_both_weight_gradients(kernels, dtype, n):
         torch.testing.assert_close(out[0], S_a.T @ A.float(), **tol)
         torch.testing.assert_close(out[1], B.float().T @ S_b, **tol)
         assert out[0][n - 20:].eq(0).all() and out[1][:, n - 20:].eq(0).all()
+    # the encoder's gradient in an unaligned buffer: whole tiles stored without streaming
+    unaligned = torch.full((d * n + 1,), 9.0)[1:].view(d, n)
+    native.sparse_outer(idx, a, b, A, B, n, out=(torch.empty(n, d), unaligned))
+    torch.testing.assert_close(unaligned, B.float().T @ S_b, **tol)
+    with pytest.raises(ValueError, match="latent_sq must be float64 on cpu"):
+        native.sparse_outer(idx, a, b, A, B, n, latent_sq=torch.empty(2, n, dtype=torch.float64, device="meta"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -123,8 +129,9 @@ def test_add_rows_cols_adds_auxk_share_and_its_squares(kernels, dtype):
     assert torch.equal(outA, wantA) and torch.equal(outBt, wantBt)
     want_sq = torch.stack([wantA[ids].double().pow(2).sum(), wantBt[:, ids].double().pow(2).sum()])
     torch.testing.assert_close(sq, want_sq, rtol=1e-9, atol=0)
-    with pytest.raises(ValueError, match="ids must be distinct"):
-        native.add_rows_cols(outA, outBt, torch.tensor([3, 3]), G[:2], H[:, :2])
+    if kernels == "native":  # C's threads would race on a repeated row
+        with pytest.raises(ValueError, match="ids must be distinct"):
+            native.add_rows_cols(outA, outBt, torch.tensor([3, 3]), G[:2], H[:, :2])
     with pytest.raises(ValueError, match=r"ids must lie in 0\.\.299"):
         native.add_rows_cols(outA, outBt, torch.tensor([n]), G[:1], H[:, :1])
     with pytest.raises(ValueError, match="H must have shape"):
@@ -151,6 +158,9 @@ def test_aux_residual_is_torchs_rounding_in_one_pass(kernels, dtype):
     assert row_sq[3].isnan() and torch.allclose(row_sq[4:], want[4:], rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="x must have shape"):
         native.aux_residual(R, sae_out, x[:, :5], 1.0)
+    # integer inputs are torch's to promote, never read as float bits
+    g_int, _ = native.aux_residual(torch.zeros(2, 4), torch.zeros(2, 4), torch.ones(2, 4, dtype=torch.int64), 1.0)
+    assert g_int.eq(-1).all()
 
 
 def test_kernels_are_deterministic_across_thread_counts():
