@@ -191,13 +191,16 @@ def total_variance(x: torch.Tensor) -> torch.Tensor:
     return (x64 - x64.mean(0)).pow(2).sum()
 
 
-def explained_variance(x: torch.Tensor, x_hat: torch.Tensor, total: torch.Tensor | None = None) -> float:
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor | None, total: torch.Tensor | None = None,
+                       row_errors: torch.Tensor | None = None) -> float:
     """``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` over the rows of ``x`` (float64; NaN for no rows).
-    ``total``: :func:`total_variance` of ``x``, when several reconstructions of one batch share it."""
+    ``total``: :func:`total_variance` of ``x``, when several reconstructions of one batch share it;
+    ``row_errors``: the rows' ``‖x − x̂‖²``, when the caller has them (``x_hat`` is then not read)."""
     if not len(x):
         return float("nan")
     total = total_variance(x) if total is None else total
-    return (1 - (x.double() - x_hat.double()).pow(2).sum() / total).item()
+    err = row_errors.double().sum() if row_errors is not None else (x.double() - x_hat.double()).pow(2).sum()
+    return (1 - err / total).item()
 
 
 class _Moments:

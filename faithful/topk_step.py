@@ -81,8 +81,9 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
     Returns a dict with ``loss`` (MSE + AuxK), ``mse_loss``, ``auxiliary_reconstruction_loss``,
     ``sae_out`` ``[batch, d_in]``, ``indices`` and ``acts`` (``[batch, k]``: the chosen latents,
     in increasing order, and their ReLU'd activations) and ``hidden_pre`` (the rescaled
-    pre-activations, a reused buffer when ``work`` is given; None unless ``keep_hidden_pre``) and
-    ``grad_norm`` (the gradients' global L2 norm, float64), all without autograd. ``dead`` is the
+    pre-activations, a reused buffer when ``work`` is given; None unless ``keep_hidden_pre``),
+    ``row_sq_err`` (``[batch]``: each row's ``‖sae_out − x‖²``) and ``grad_norm`` (the gradients'
+    global L2 norm, float64), all without autograd. ``dead`` is the
     trainer's dead-latent mask; ``bf16`` runs the encoder and AuxK matmuls in bf16.
     """
     cfg = sae.cfg
@@ -153,7 +154,7 @@ def _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre) -> dict:
     acts = (raw * norm[idx]).relu() if norm is not None else a
     return {"loss": mse + aux, "mse_loss": mse, "auxiliary_reconstruction_loss": aux,
             "sae_out": sae_out, "indices": idx, "acts": acts, "hidden_pre": hidden_pre,
-            "grad_norm": grad_sq.clamp_min(0).sqrt()}
+            "row_sq_err": sq_err, "grad_norm": grad_sq.clamp_min(0).sqrt()}
 
 
 def _sq(t: torch.Tensor) -> torch.Tensor:
@@ -203,7 +204,8 @@ class TopKTrainer(SAETrainer):
     Everything else — Adam's settings, gradient clipping at 1.0, the LR and coefficient
     schedulers, the dead-latent counters and ``build_train_step_log_dict`` — is SAELens's. Its
     ``TrainStepOutput.hidden_pre`` is an empty tensor: nothing reads it, and the ``[batch, d_sae]``
-    matrix is not kept (call :func:`topk_losses` for it).
+    matrix is not kept (call :func:`topk_losses` for it). ``row_sq_err`` holds the last step's
+    ``[batch]`` squared reconstruction errors (the training curves' explained variance).
     """
 
     def __init__(self, *args, **kwargs):
@@ -245,6 +247,7 @@ class TopKTrainer(SAETrainer):
         # topk_losses wrote the gradients (overwriting the last step's: no zero_grad, whose
         # set_to_none would cost fresh buffers every step).
         self._clip_and_step(sae, 1.0, out["grad_norm"])
+        self.row_sq_err = out["row_sq_err"]  # for training curves: no second pass over the batch
         self.lr_scheduler.step()
         for scheduler in self.coefficient_schedulers.values():
             scheduler.step()

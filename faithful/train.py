@@ -331,13 +331,14 @@ class _Run:
         variance, L0, dead latents), computed directly (its dict costs 3 ms a call, paid by every
         seed), and the explained variance without the batch's sinks."""
         fired = out.feature_acts._values()  # the chosen latents' activations; a zero did not fire
+        errs = trainer.row_sq_err  # the step's own ‖sae_out − x‖² per row: no second pass over the batch
         self.curves[seed].append({
             "step": trainer.n_training_steps + 1, "tokens": trainer.n_training_samples,
             "mse": float(out.losses["mse_loss"]),
             "aux_loss": float(out.losses.get("auxiliary_reconstruction_loss", 0.0)),
-            "explained_variance": explained_variance(stats.x, out.sae_out, stats.total),
-            "explained_variance_without_sinks": explained_variance(
-                stats.x[stats.typical], out.sae_out[stats.typical], stats.total_typical),
+            "explained_variance": explained_variance(stats.x, None, stats.total, errs),
+            "explained_variance_without_sinks": explained_variance(stats.x_typical, None, stats.total_typical,
+                                                                   errs[stats.typical]),
             "l0": (fired != 0).sum().item() / len(stats.x),
             "dead_latents": int(trainer.dead_neurons.sum()), "seconds": time.perf_counter() - self.t_start})
 
@@ -394,7 +395,8 @@ class _BatchStats:
     def __init__(self, x: torch.Tensor):
         self.x = x
         self.typical = not_sinks(x)  # a batch with a sink has most of its variance there
-        self.total, self.total_typical = total_variance(x), total_variance(x[self.typical])
+        self.x_typical = x[self.typical]
+        self.total, self.total_typical = total_variance(x), total_variance(self.x_typical)
 
 
 @torch.no_grad()
