@@ -128,7 +128,8 @@ class SFRResult:
 
 # ----------------------------------------------------------------------------- inputs
 def save_result(result, directory: str | Path, plot: bool = True, **plot_kwargs) -> Path:
-    """``<name>.json`` from ``result.to_dict()`` and, with ``plot``, ``<name>.png`` from ``result.plot(**plot_kwargs)``."""
+    """``<name>.json`` from ``result.to_dict()`` and, with ``plot``, ``<name>.png`` from
+    ``result.plot(**plot_kwargs)``."""
     directory = Path(directory)
     path = storage.write_json(directory / f"{result.name}.json", result.to_dict())
     if plot:

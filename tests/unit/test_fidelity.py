@@ -134,8 +134,8 @@ def test_explained_variance_without_sinks_leaves_out_only_the_outlier_tokens():
 def test_fast_restart_equals_full_spliced_pass(tiny_model, tokens, hook):
     sae = random_sae(tiny_model.cfg.d_model, hook=hook)
     kw = dict(batch_size=4, autocast=False, progress=False, desc="t")
-    fast = fidelity._evaluate(tiny_model, {"s": sae}, tokens, hook, fast=True, **kw)["s"].result(64, hook=hook, context_size=32, seed=0)
-    full = fidelity._evaluate(tiny_model, {"s": sae}, tokens, hook, fast=False, **kw)["s"].result(64, hook=hook, context_size=32, seed=0)
+    fast, full = (fidelity._evaluate(tiny_model, {"s": sae}, tokens, hook, fast=mode, **kw)["s"].result(
+        64, hook=hook, context_size=32, seed=0) for mode in (True, False))
     for k in ("ce_clean", "ce_spliced", "l2", "explained_variance", "l0"):
         assert getattr(fast, k) == pytest.approx(getattr(full, k), rel=1e-5, abs=1e-6), k
     assert abs(fast.ce_diff) > 1e-4  # the splice did change the output

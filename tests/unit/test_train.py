@@ -396,7 +396,8 @@ def test_numpy_integers_are_whole_numbers(tiny_model, texts, home):
     plain = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "plain", **SMALL)
     numpy = faithful.train_saes(tiny_model, texts, seeds=np.array([42]), out_dir=home / "numpy",
                                 **{**SMALL, "k": np.int64(SMALL["k"]), "batch_size": np.int32(SMALL["batch_size"])})
-    assert storage.read_json(numpy[0] / train.RUN_FILE)["settings"] == storage.read_json(plain[0] / train.RUN_FILE)["settings"]
+    settings = [storage.read_json(run[0] / train.RUN_FILE)["settings"] for run in (numpy, plain)]
+    assert settings[0] == settings[1]
 
 
 def test_bad_datasets(tiny_model, home):
