@@ -83,8 +83,8 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
     in increasing order, and their ReLU'd activations) and ``hidden_pre`` (the rescaled
     pre-activations, a reused buffer when ``work`` is given; None unless ``keep_hidden_pre``),
     ``row_sq_err`` (``[batch]``: each row's ``‖sae_out − x‖²``) and ``grad_norm`` (the gradients'
-    global L2 norm, float64), all without autograd. ``dead`` is the
-    trainer's dead-latent mask; ``bf16`` runs the encoder and AuxK matmuls in bf16.
+    global L2 norm, float64), all without autograd. ``dead`` is the trainer's dead-latent mask;
+    ``bf16`` runs the encoder and AuxK matmuls in bf16.
     """
     cfg = sae.cfg
     if cfg.normalize_activations not in SUPPORTED_NORMALISATION:

@@ -390,7 +390,7 @@ class _Run:
 
 class _BatchStats:
     """What the training curves need of a batch that does not depend on the SAE, computed once
-    for all seeds: its total variance, and that of its tokens other than sinks (``not_sinks``)."""
+    for all seeds: its total variance, and its tokens other than sinks (``not_sinks``) with theirs."""
 
     def __init__(self, x: torch.Tensor):
         self.x = x
