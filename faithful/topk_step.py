@@ -48,6 +48,8 @@ except ImportError as err:  # pragma: no cover - sae_lens is a hard dependency
     raise ImportError("faithful.topk_step needs sae_lens>=6 (pip install -e .)") from err
 
 SUPPORTED_NORMALISATION = ("none", "expected_average_only_in")
+AUX_PAD = 64
+"""AuxK's matmuls run over the dead latents padded with zeros to a multiple of this (see :func:`_aux_k`)."""
 
 
 class Workspace:
@@ -178,15 +180,24 @@ def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> tuple[torch.Tenso
         rank = vals if norm is None else vals * norm[dead_ids]
         chosen = native.topk_mask(rank, k_aux)
         vals.masked_fill_(~chosen, 0.0)
-    vals_lp, W_sub = vals.to(lp), W_dec.index_select(0, dead_ids).to(lp)
+    # The dead latents are padded with zeros to a multiple of AUX_PAD: the count changes from step
+    # to step, and oneDNN builds its bf16 kernels for each new shape (4-6 ms for these four matmuls,
+    # against 0.7-1.8 ms for a shape it has seen). The padding's products are zeros.
+    n_pad = -(-n_dead // AUX_PAD) * AUX_PAD
+    vals_lp = vals.new_zeros((batch, n_pad), dtype=lp)
+    vals_lp[:, :n_dead] = vals
+    W_sub = W_dec.new_zeros((n_pad, d_in), dtype=lp)
+    W_sub[:n_dead] = W_dec.index_select(0, dead_ids)
     coef = cfg.aux_loss_coefficient * min(n_dead / k_aux, 1.0)
     # recon - (x - sae_out), its squares per row and its gradient, in one pass
     g_rec, row_sq = native.aux_residual(vals_lp @ W_sub, sae_out, x, 2 * coef / batch)
     loss = (coef * row_sq.mean()).to(W_dec.dtype)
-    g_vals = g_rec @ W_sub.T
+    g_vals_pad = g_rec @ W_sub.T
+    g_vals = g_vals_pad[:, :n_dead]
     if chosen is not None:
         g_vals.masked_fill_(~chosen, 0.0)
-    sq = native.add_rows_cols(W_dec.grad, W_enc.grad, dead_ids, vals_lp.T @ g_rec, x_lp.T @ g_vals)
+    sq = native.add_rows_cols(W_dec.grad, W_enc.grad, dead_ids, (vals_lp.T @ g_rec)[:n_dead],
+                              (x_lp.T @ g_vals_pad)[:, :n_dead])
     b_enc.grad.index_add_(0, dead_ids, g_vals.sum(0, dtype=b_enc.dtype))
     return loss, sq.sum()
 
