@@ -32,14 +32,24 @@ def home(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture(params=["native", "torch"])
+@pytest.fixture(params=["native", "portable", "torch"])
 def kernels(request, monkeypatch):
-    """Run a test with faithful.native's compiled kernels, then with their torch equivalents
-    (as on a GPU, with FAITHFUL_NATIVE=0, or without a C compiler)."""
+    """Run a test with faithful.native's compiled kernels; with them compiled without AVX-512
+    (their portable loops, as on Arm or older x86); then with their torch equivalents (as on a
+    GPU, with FAITHFUL_NATIVE=0, or without a C compiler)."""
+    import platform
+
     from faithful import native
 
     if request.param == "torch":
         monkeypatch.setattr(native, "_lib", False)
+    elif request.param == "portable":
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            pytest.skip("-mno-avx512f is an x86 flag: the native run is the portable one here")
+        monkeypatch.setattr(native, "FLAGS", native.FLAGS + ("-mno-avx512f",))
+        monkeypatch.setattr(native, "_lib", None)
+        if native.library() is None:
+            pytest.fail("faithful.native could not be compiled without AVX-512")
     elif native.library() is None:
         pytest.fail("faithful.native could not be compiled: the fast path is untested")
     return request.param
