@@ -254,26 +254,122 @@ void decode_rows(const int64_t *idx, const float *a, const float *W, const float
     }
 }
 
-/* ra[c] = sum over the entries order[p0..p1) (in order) of a[e] * A[e / k, c], and rb[c]
- * likewise with b and B. */
+#ifdef __AVX512F__
+static inline __m512 bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+#endif
+
+/* order[p] = r << 32 | j names entry e = r * k + j (row r, its j-th pick). */
+#define ENTRY_ROW(o) ((o) >> 32)
+#define ENTRY(o, k) (ENTRY_ROW(o) * (k) + ((o) & 0xffffffff))
+
+/* A latent's extra rows, added to its ra and rb after the entries' sum (AuxK's gradient rows:
+ * both fp32, or both bf16 (is_bf16), added in fp32), or ga = NULL. */
+typedef struct { const void *ga, *gb; int is_bf16; } Extra;
+
+static inline float extra_at(const void *row, int64_t c, int is_bf16) {
+    return is_bf16 ? bf16_to_float(((const uint16_t *)row)[c]) : ((const float *)row)[c];
+}
+
+#ifdef __AVX512F__
+/* Squares of the 16 floats v added to 16 double lanes (lo: 0-7, hi: 8-15): exact products. */
+static inline void add_sq16(__m512 v, __m512d *lo, __m512d *hi) {
+    __m512d vl = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    __m512d vh = _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(v), 1)));
+    *lo = _mm512_fmadd_pd(vl, vl, *lo);
+    *hi = _mm512_fmadd_pd(vh, vh, *hi);
+}
+
+static inline __m512 load16(const void *row, int64_t c, int is_bf16) {
+    return is_bf16 ? bf16x16((const uint16_t *)row + c) : _mm512_loadu_ps((const float *)row + c);
+}
+
+/* outer_row's bf16 columns [c0, c0 + 16 NV), summed in registers over the entries, plus the
+ * latent's extra rows, stored (ra streamed past the caches when `stream`: 64-byte aligned), and
+ * their squares added to the lanes sq[0..1] (ra's) and sq[2..3] (rb's). */
+#define OUTER_CHUNK(NV)                                                                              \
+static inline void outer_chunk##NV(const int64_t *order, int64_t p0, int64_t p1, int k, const float *a, \
+                                   const float *b, const uint16_t *A, const uint16_t *B, int64_t ld,     \
+                                   int64_t c0, float *ra, float *rb, int stream, Extra x, __m512d *sq) { \
+    __m512 acc_a[NV], acc_b[NV];                                                                     \
+    for (int v = 0; v < NV; v++) { acc_a[v] = _mm512_setzero_ps(); acc_b[v] = _mm512_setzero_ps(); } \
+    for (int64_t p = p0; p < p1; p++) {                                                              \
+        int64_t e = ENTRY(order[p], k), off = ENTRY_ROW(order[p]) * ld + c0;                         \
+        __m512 va = _mm512_set1_ps(a[e]), vb = _mm512_set1_ps(b[e]);                                 \
+        for (int v = 0; v < NV; v++) {                                                               \
+            acc_a[v] = _mm512_fmadd_ps(va, bf16x16(A + off + 16 * v), acc_a[v]);                     \
+            acc_b[v] = _mm512_fmadd_ps(vb, bf16x16(B + off + 16 * v), acc_b[v]);                     \
+        }                                                                                            \
+    }                                                                                                \
+    for (int v = 0; v < NV; v++) {                                                                   \
+        if (x.ga) {                                                                                  \
+            acc_a[v] = _mm512_add_ps(acc_a[v], load16(x.ga, c0 + 16 * v, x.is_bf16));                \
+            acc_b[v] = _mm512_add_ps(acc_b[v], load16(x.gb, c0 + 16 * v, x.is_bf16));                \
+        }                                                                                            \
+        if (stream) _mm512_stream_ps(ra + c0 + 16 * v, acc_a[v]);                                    \
+        else _mm512_storeu_ps(ra + c0 + 16 * v, acc_a[v]);                                           \
+        _mm512_storeu_ps(rb + c0 + 16 * v, acc_b[v]);                                                \
+        add_sq16(acc_a[v], sq, sq + 1);                                                              \
+        add_sq16(acc_b[v], sq + 2, sq + 3);                                                          \
+    }                                                                                                \
+}
+OUTER_CHUNK(8)
+OUTER_CHUNK(1)
+#endif
+
+/* r[c0, d)'s squares: those past the last whole 16 into s, the rest into 16 lanes (c mod 16). */
+static void add_sq(const float *r, int64_t c0, int64_t d, double *lanes, double *s) {
+    int64_t c = c0;
+    for (; c + 16 <= d; c += 16)
+        for (int q = 0; q < 16; q++) lanes[q] += (double)r[c + q] * r[c + q];
+    for (; c < d; c++) *s += r[c] * r[c];
+}
+
+/* ra[c] = sum over the entries order[p0..p1) (in order) of a[e] * A[r, c] (e and its row r as
+ * ENTRY and ENTRY_ROW give them), and rb[c] likewise with b and B, then + x's rows if any; returns
+ * their sums of squares
+ * in sq2[0], sq2[1]: the tail past the last whole 16 first, then 16 lanes (c mod 16) in order,
+ * each in double (exact products: a share that would overflow fp32 stays finite). With AVX-512
+ * and bf16, 128 columns at a time are summed in registers, and ra is streamed past the caches
+ * when `stream` (64-byte aligned rows; it is not read again here). */
 static void outer_row(const int64_t *order, int64_t p0, int64_t p1, int k, const float *a,
                       const float *b, const void *A, const void *B, int is_bf16, int64_t d,
-                      int64_t ld, float *restrict ra, float *restrict rb) {
-    for (int64_t c = 0; c < d; c++) { ra[c] = 0.0f; rb[c] = 0.0f; }
-    for (int64_t p = p0; p < p1; p++) {
-        int64_t e = order[p], off = (e / k) * ld;
+                      int64_t ld, float *restrict ra, float *restrict rb, int stream, Extra x, double *sq2) {
+    double lanes_a[16] = {0}, lanes_b[16] = {0};
+    int64_t c0 = 0;
+#ifdef __AVX512F__
+    if (is_bf16) {
+        __m512d sq[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+        for (; c0 + 128 <= d; c0 += 128) outer_chunk8(order, p0, p1, k, a, b, A, B, ld, c0, ra, rb, stream, x, sq);
+        for (; c0 + 16 <= d; c0 += 16) outer_chunk1(order, p0, p1, k, a, b, A, B, ld, c0, ra, rb, stream, x, sq);
+        _mm512_storeu_pd(lanes_a, sq[0]); _mm512_storeu_pd(lanes_a + 8, sq[1]);
+        _mm512_storeu_pd(lanes_b, sq[2]); _mm512_storeu_pd(lanes_b + 8, sq[3]);
+    }
+#endif
+    for (int64_t c = c0; c < d; c++) { ra[c] = 0.0f; rb[c] = 0.0f; }
+    for (int64_t p = p0; p < p1 && c0 < d; p++) {
+        int64_t e = ENTRY(order[p], k), off = ENTRY_ROW(order[p]) * ld;
         float sa = a[e], sb = b[e];
         if (is_bf16) {
             const uint16_t *xa = (const uint16_t *)A + off, *xb = (const uint16_t *)B + off;
-            for (int64_t c = 0; c < d; c++) {
+            for (int64_t c = c0; c < d; c++) {
                 ra[c] += sa * bf16_to_float(xa[c]);
                 rb[c] += sb * bf16_to_float(xb[c]);
             }
         } else {
             const float *xa = (const float *)A + off, *xb = (const float *)B + off;
-            for (int64_t c = 0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
+            for (int64_t c = c0; c < d; c++) { ra[c] += sa * xa[c]; rb[c] += sb * xb[c]; }
         }
     }
+    for (int64_t c = c0; c < d && x.ga; c++) {
+        ra[c] += extra_at(x.ga, c, x.is_bf16);
+        rb[c] += extra_at(x.gb, c, x.is_bf16);
+    }
+    sq2[0] = sq2[1] = 0.0;
+    add_sq(ra, c0, d, lanes_a, sq2);
+    add_sq(rb, c0, d, lanes_b, sq2 + 1);
+    for (int q = 0; q < 16; q++) { sq2[0] += lanes_a[q]; sq2[1] += lanes_b[q]; }
 }
 
 /* outBt[c * n + q] = tile[q * d + c] for q < nl, c < d: a tile's 16 columns of the transposed
@@ -305,86 +401,54 @@ static void tile_to_columns(const float *tile, int64_t nl, int64_t d, int64_t n,
  * get zeros. A, B [rows, d], fp32 or bf16 (raw bits, is_bf16: half the bytes read; sums in
  * fp32); outA [n, d], outBt [d, n]. These are Sᵀ A and Bᵀ S' for the sparse [rows, n] matrices
  * S, S' holding a, b at idx: the decoder's gradient and the encoder's, each in its parameter's
- * layout; ld is A's and B's row stride (in elements). Latents go in tiles of 16, so that outBt
- * is written 16 floats at a time (streamed past the caches where it can: it is not read again
- * here). lat_sq[l], lat_sq[n + l] = the sums of squares of outA's row l and outBt's column l,
- * and sq[0], sq[1] their totals over l in order (for the gradient's norm, and AuxK's share of
- * it). `start` (n + 1) and `order` (rows * k) are scratch. */
+ * layout; ld is A's and B's row stride (in elements). Then, for the m distinct latents ids[j]
+ * (m may be 0), G[j, :] is added to outA's row and H[j, :] to outBt's column (G, H [m, d], both
+ * fp32 or both bf16 (gh_bf16), added in fp32): AuxK's share. Latents go in tiles of 16, so that
+ * outBt is written 16 floats at a time (streamed past the caches where it can, as outA's rows
+ * are: neither is read again here). lat_sq[l], lat_sq[n + l] = the sums of squares of outA's row
+ * l and outBt's column l, and sq[0], sq[1] their totals over l in order (for the gradient's
+ * norm). `start` (n + 1), `order` (rows * k) and `pos` (n) are scratch. */
 void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t rows, int k, int64_t n,
-                  const void *A, const void *B, int is_bf16, int64_t d, int64_t ld, float *outA,
-                  float *outBt, double *sq, double *lat_sq, int64_t *start, int64_t *order, int threads) {
+                  const void *A, const void *B, int is_bf16, int64_t d, int64_t ld, const int64_t *ids,
+                  int64_t m_extra, const void *G, const void *H, int gh_bf16, float *outA, float *outBt,
+                  double *sq, double *lat_sq, int64_t *start, int64_t *order, int64_t *pos, int threads) {
     int64_t m = rows * k, tiles = (n + 15) / 16;
+    int stream = ((uintptr_t)outA & 63) == 0 && (d & 15) == 0;  /* outA's rows 64-byte aligned */
     for (int64_t l = 0; l <= n; l++) start[l] = 0;
     for (int64_t e = 0; e < m; e++) start[idx[e] + 1]++;
     for (int64_t l = 0; l < n; l++) start[l + 1] += start[l];
-    for (int64_t e = 0; e < m; e++) order[start[idx[e]]++] = e;  /* start[l] is now l's end */
+    for (int64_t r = 0; r < rows; r++)  /* start[l] becomes l's end */
+        for (int64_t j = 0; j < k; j++) order[start[idx[r * k + j]]++] = r << 32 | j;
+    for (int64_t l = 0; l < n; l++) pos[l] = -1;
+    for (int64_t j = 0; j < m_extra; j++) pos[ids[j]] = j;
     #pragma omp parallel num_threads(threads)
     {
         float *tile = malloc(sizeof(float) * 16 * d);
+        double sq2[2];
+        size_t row_bytes = (gh_bf16 ? 2 : 4) * d;
         #pragma omp for schedule(dynamic, 4)
         for (int64_t t = 0; t < tiles; t++) {
             int64_t l0 = 16 * t, nl = n - l0 < 16 ? n - l0 : 16;
             for (int64_t l = l0; l < l0 + nl; l++) {
-                double sa2 = 0.0, sb2 = 0.0;
-                float *ra = outA + l * d, *rb = tile + (l - l0) * d;
-                outer_row(order, l ? start[l - 1] : 0, start[l], k, a, b, A, B, is_bf16, d, ld, ra, rb);
-                double pa[16] = {0}, pb[16] = {0};  /* 16 lanes in a fixed order (vectorised), in double:
-                                                       a share that would overflow fp32 stays finite */
-                int64_t c = 0;
-                for (; c + 16 <= d; c += 16)
-                    for (int q = 0; q < 16; q++) {
-                        pa[q] += (double)ra[c + q] * ra[c + q];
-                        pb[q] += (double)rb[c + q] * rb[c + q];
-                    }
-                for (; c < d; c++) { sa2 += ra[c] * ra[c]; sb2 += rb[c] * rb[c]; }
-                for (int q = 0; q < 16; q++) { sa2 += pa[q]; sb2 += pb[q]; }
-                lat_sq[l] = sa2;
-                lat_sq[n + l] = sb2;
+                Extra x = {NULL, NULL, gh_bf16};
+                if (pos[l] >= 0) {
+                    x.ga = (const char *)G + pos[l] * row_bytes;
+                    x.gb = (const char *)H + pos[l] * row_bytes;
+                }
+                outer_row(order, l ? start[l - 1] : 0, start[l], k, a, b, A, B, is_bf16, d, ld, outA + l * d,
+                          tile + (l - l0) * d, stream, x, sq2);
+                lat_sq[l] = sq2[0];
+                lat_sq[n + l] = sq2[1];
             }
             tile_to_columns(tile, nl, d, n, outBt + l0);
+#ifdef __AVX512F__
+            if (stream && is_bf16) _mm_sfence();  /* outA's streamed rows are visible before the thread moves on */
+#endif
         }
         free(tile);
     }
     sq[0] = sq[1] = 0.0;
     for (int64_t l = 0; l < n; l++) { sq[0] += lat_sq[l]; sq[1] += lat_sq[n + l]; }
-}
-
-/* AuxK's share of the weight gradients: outA[ids[j], :] += G[j, :] and outBt[:, ids[j]] +=
- * H[:, j] for the m distinct latents ids (G [m, d], H [d, m], both fp32 or both bf16 (is_bf16),
- * added in fp32), and sq[0], sq[1] = the sums of squares of those rows and columns after the
- * addition (each latent's in order of c, then over j in order; row_sq, 2 m doubles, is scratch).
- * Latents go to threads in fixed blocks; outBt is walked row by row (c outer), each block's
- * columns within it. */
-void add_rows_cols(float *outA, float *outBt, int64_t n, int64_t d, const int64_t *ids, int64_t m,
-                   const void *G, const void *H, int is_bf16, double *sq, double *row_sq, int threads) {
-    double *col_sq = row_sq + m;
-    int64_t blocks = (m + 63) / 64;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        int64_t j0 = 64 * blk, j1 = j0 + 64 < m ? j0 + 64 : m;
-        for (int64_t j = j0; j < j1; j++) {
-            float *r = outA + ids[j] * d;
-            double s = 0.0;
-            for (int64_t c = 0; c < d; c++) {
-                float g = is_bf16 ? bf16_to_float(((const uint16_t *)G)[j * d + c]) : ((const float *)G)[j * d + c];
-                r[c] += g;
-                s += (double)r[c] * r[c];
-            }
-            row_sq[j] = s;
-            col_sq[j] = 0.0;
-        }
-        for (int64_t c = 0; c < d; c++) {
-            float *row = outBt + c * n;
-            for (int64_t j = j0; j < j1; j++) {
-                float h = is_bf16 ? bf16_to_float(((const uint16_t *)H)[c * m + j]) : ((const float *)H)[c * m + j];
-                float v = row[ids[j]] + h;
-                row[ids[j]] = v;
-                col_sq[j] += (double)v * v;
-            }
-        }
-    }
-    sq[0] = sq[1] = 0.0;
-    for (int64_t j = 0; j < m; j++) { sq[0] += row_sq[j]; sq[1] += col_sq[j]; }
 }
 
 /* torch's float -> bf16 rounding: to nearest, ties to even; NaN -> a quiet NaN (0x7fc0, where

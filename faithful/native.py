@@ -7,15 +7,15 @@ for the step's one dense matmul. ``native.c`` does that work in a few ms:
 * :func:`topk_indices` / :func:`bias_topk` — each row's ``k`` largest columns, in increasing
   order: the blocks of 16 values whose maximum reaches the k-th largest block maximum hold them
   all, and bisection on order-preserving integer keys finds that threshold and the final ``k``
-  with vectorised counting passes. ``bias_topk`` also adds the encoder bias and rescales;
+  with vectorised counting passes (AVX-512 where the CPU has it: keys, block maxima and the
+  candidates' compress-stores, in one pass). ``bias_topk`` also adds the encoder bias and rescales;
 * :func:`topk_mask` — the same choice as a boolean mask (AuxK's dead latents);
 * :func:`decode_rows` — a sparse decoder's output, squared error and the gradient at each
   chosen activation, row by row while its ``k`` decoder rows are in cache;
 * :func:`sparse_outer` — the decoder's and the encoder's weight gradients, ``Sᵀ A`` and
-  ``Bᵀ S`` for the sparse activation matrix ``S``, in one pass over the latents, with each
-  latent's sum of squares (the gradient norm's parts);
-* :func:`add_rows_cols` — AuxK's share added to the dead latents' rows and columns of those
-  gradients, and their sums of squares afterwards;
+  ``Bᵀ S`` for the sparse activation matrix ``S``, in one pass over the latents (128 columns
+  summed in registers at a time, written past the caches), with AuxK's rows and columns for the
+  dead latents added, and each latent's sum of squares (the gradient norm's parts);
 * :func:`aux_residual` — AuxK's residual, its loss and its gradient in one pass.
 
 Each has a torch equivalent, used for other devices and dtypes (GPUs), with ``FAITHFUL_NATIVE=0``,
@@ -102,11 +102,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.topk_mask.argtypes = [p, i64, i64, i32, p, i32]
     lib.bias_topk.argtypes = [p, i32, p, p, i64, i64, i32, p, p, p, i64, p, i32]
     lib.decode_rows.argtypes = [p, p, p, p, p, i64, i32, i64, ctypes.c_float, p, p, p, i64, p, i32]
-    lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i32, i64, i64, p, p, p, p, p, p, i32]
-    lib.add_rows_cols.argtypes = [p, p, i64, i64, p, i64, p, p, i32, p, p, i32]
+    lib.sparse_outer.argtypes = [p, p, p, i64, i32, i64, p, p, i32, i64, i64, p, i64, p, p, i32, p, p, p, p, p, p, p,
+                                 i32]
     lib.aux_residual.argtypes = [p, i32, p, p, i64, i64, ctypes.c_float, p, p, i32]
-    for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer, lib.add_rows_cols,
-               lib.aux_residual):
+    for fn in (lib.topk_rows, lib.topk_mask, lib.bias_topk, lib.decode_rows, lib.sparse_outer, lib.aux_residual):
         fn.restype = None
     return lib
 
@@ -233,7 +232,9 @@ def decode_rows(idx: torch.Tensor, a: torch.Tensor, W: torch.Tensor, bias: torch
 
 def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  n: int, out: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 latent_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 latent_sq: torch.Tensor | None = None,
+                 extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(Sₐᵀ A, Bᵀ S_b, sq)``, ``[n, d]``, ``[d, n]`` and float64 ``[2]`` (their sums of squares,
     for the gradient's norm), where ``Sₐ`` is the ``[rows, n]`` matrix
     holding ``a`` at ``idx`` (``[rows, k]``, distinct per row) and zeros elsewhere, and ``S_b``
@@ -242,7 +243,12 @@ def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.T
     buffer: the CPU kernel then reads one contiguous row per entry (15 % faster). The CPU kernel
     sums in fp32; torch's path, in bf16 for bf16 inputs, rounds as autocast does. ``out``: two
     fp32 tensors to write into. ``latent_sq``: a float64 ``[2, n]`` tensor that receives each
-    latent's share of ``sq`` (its row of the first result, its column of the second)."""
+    latent's share of ``sq`` (its row of the first result, its column of the second).
+
+    ``extra = (ids, G, H)`` adds ``G`` ``[m, d]`` to the first result's rows ``ids`` (``m``
+    distinct latents: checked on CPU) and ``H`` ``[m, d]`` to the second's columns ``ids``
+    (``G`` and ``H`` both fp32 or both bf16, added in fp32), before the squares are taken: AuxK's
+    share of the gradients, written in the same pass."""
     idx, a, b = (t.contiguous() for t in (idx, a, b))
     if not (_rows(A) and _rows(B) and A.stride(0) == B.stride(0)):
         A, B = A.contiguous(), B.contiguous()
@@ -258,49 +264,37 @@ def sparse_outer(idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A: torch.T
     _shape("latent_sq", lat, (2, n))
     if lat.dtype != torch.float64 or lat.device != A.device:
         raise ValueError(f"latent_sq must be float64 on {A.device}, not {lat.dtype} on {lat.device}")
+    ids, G, H = extra if extra is not None else (idx.new_empty(0), outs[0][:0], outs[0][:0])
+    ids, G, H = ids.contiguous(), G.contiguous(), H.contiguous()
+    _indices("ids", ids, n)
+    _shape("G", G, (ids.numel(), d))
+    _shape("H", H, (ids.numel(), d))
     sq = torch.empty(2, dtype=torch.float64, device=A.device)
     if (A.shape == B.shape and a.dtype == b.dtype == torch.float32 and A.dtype == B.dtype
             and A.dtype in (torch.float32, torch.bfloat16) and A.device.type == B.device.type == "cpu"
+            and G.dtype == H.dtype and G.dtype in (torch.float32, torch.bfloat16)
+            and G.device.type == H.device.type == "cpu"
             and all(o.dtype == torch.float32 for o in outs) and lat.is_contiguous() and lat.device.type == "cpu"
-            and (lib := _native(idx, a, b, *outs))):
+            and (lib := _native(idx, a, b, ids, *outs))):
+        if ids.unique().numel() != ids.numel():  # a repeated latent would take only one of its rows
+            raise ValueError("extra's ids must be distinct")
         start, order = torch.empty(n + 1, dtype=torch.int64), torch.empty(idx.numel(), dtype=torch.int64)
+        pos = torch.empty(n, dtype=torch.int64)
         lib.sparse_outer(_p(idx), _p(a), _p(b), rows, idx.shape[1], n, _p(A), _p(B), int(A.dtype == torch.bfloat16),
-                         d, A.stride(0), _p(outs[0]), _p(outs[1]), _p(sq), _p(lat), _p(start), _p(order),
+                         d, A.stride(0), _p(ids), ids.numel(), _p(G), _p(H), int(G.dtype == torch.bfloat16),
+                         _p(outs[0]), _p(outs[1]), _p(sq), _p(lat), _p(start), _p(order), _p(pos),
                          torch.get_num_threads())
         return (*outs, sq)
     S_a = A.new_zeros(rows, n).scatter_(1, idx, a.to(A.dtype))
     S_b = B.new_zeros(rows, n).scatter_(1, idx, b.to(B.dtype))
     outs[0].copy_(S_a.T @ A)
     outs[1].copy_(B.T @ S_b)
+    if ids.numel():
+        outs[0].index_add_(0, ids, G.to(outs[0].dtype))
+        outs[1].index_add_(1, ids, H.T.to(outs[1].dtype))
     lat[0].copy_(outs[0].double().pow(2).sum(1))
     lat[1].copy_(outs[1].double().pow(2).sum(0))
     return (*outs, sq.copy_(lat.sum(1)))
-
-
-def add_rows_cols(outA: torch.Tensor, outBt: torch.Tensor, ids: torch.Tensor, G: torch.Tensor,
-                  H: torch.Tensor) -> torch.Tensor:
-    """Adds ``G`` ``[m, d]`` to the rows ``ids`` (distinct: checked on CPU) of ``outA`` ``[n, d]`` and ``H``
-    ``[d, m]`` to the same columns of ``outBt`` ``[d, n]`` (both fp32; ``G`` and ``H`` fp32 or
-    both bf16, added in fp32), in place; returns float64 ``[2]``: the sums of squares of those
-    rows and columns afterwards. AuxK's share of the weight gradients, and of their norm."""
-    n, d = outA.shape
-    ids = ids.contiguous()
-    _indices("ids", ids, n)
-    m = ids.numel()
-    for name, t, shape in (("outBt", outBt, (d, n)), ("G", G, (m, d)), ("H", H, (d, m))):
-        _shape(name, t, shape)
-    G, H = G.contiguous(), H.contiguous()
-    if (G.dtype == H.dtype and G.dtype in (torch.float32, torch.bfloat16) and G.device.type == H.device.type == "cpu"
-            and outA.dtype == outBt.dtype == torch.float32 and (lib := _native(outA, outBt, ids))):
-        if ids.unique().numel() != m:  # C's threads would race on a repeated row (checked on CPU only)
-            raise ValueError("ids must be distinct")
-        sq, scratch = torch.empty(2, dtype=torch.float64), torch.empty(2 * m, dtype=torch.float64)
-        lib.add_rows_cols(_p(outA), _p(outBt), n, d, _p(ids), m, _p(G), _p(H), int(G.dtype == torch.bfloat16),
-                          _p(sq), _p(scratch), torch.get_num_threads())
-        return sq
-    outA.index_add_(0, ids, G.to(outA.dtype))
-    outBt.index_add_(1, ids, H.to(outBt.dtype))
-    return torch.stack([outA[ids].double().pow(2).sum(), outBt[:, ids].double().pow(2).sum()])
 
 
 def aux_residual(R: torch.Tensor, sae_out: torch.Tensor, x: torch.Tensor, scale: float

@@ -18,11 +18,11 @@ autograd, doing densely only what has to be dense:
   the chosen entries grouped by latent (:func:`faithful.native.sparse_outer`); ``b_enc``'s is an
   ``index_add_``, and ``b_dec``'s through the input ``x - b_dec`` is ``-W_enc ∂b_enc``;
 * AuxK: the dead latents' columns, dense (``[batch, n_dead]`` matmuls over their rows only),
-  with all but each row's top ``d_in / 2`` zeroed when there are more (:func:`_aux_k`), added
-  into their gradient rows and columns (:func:`faithful.native.add_rows_cols`).
+  with all but each row's top ``d_in / 2`` zeroed when there are more (:func:`_aux_k`); their
+  gradient rows and columns are added by ``sparse_outer`` as it writes the weight gradients.
 
-The clipping's gradient norm comes from the kernels that write the gradients: each latent's
-share (``sparse_outer``'s ``latent_sq``), replaced for the dead latents by AuxK's.
+The clipping's gradient norm comes from the kernel that writes the weight gradients: each
+latent's share (``sparse_outer``'s ``latent_sq``), AuxK's included.
 
 Those kernels are compiled C on CPU and torch's operations elsewhere (:mod:`faithful.native`).
 Buffers and gradients are reused from step to step (:class:`Workspace`).
@@ -137,17 +137,16 @@ def _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre) -> dict:
     grad_W_dec, grad_b_enc = _grad(W_dec), _grad(b_enc)
     if lp != dt:
         g_x_lp[:, :d_in].copy_(g_out)
-    grad_W_enc = _grad(W_enc)
-    latent_sq = work.get("latent_sq", (2, d_sae), torch.float64, x.device)
+    aux, extra = mse.new_zeros(()), None
+    if n_dead:  # AuxK's gradient rows and columns for the dead latents, added by sparse_outer
+        aux, extra, g_aux = _aux_k(sae, dead_pre, dead_ids, norm, x_lp, sae_out, x, lp)
     *_, sq = native.sparse_outer(idx, a, g_raw, g_x_lp[:, :d_in], g_x_lp[:, d_in:], d_sae,
-                                 out=(grad_W_dec, grad_W_enc), latent_sq=latent_sq)
+                                 out=(grad_W_dec, _grad(W_enc)), extra=extra,
+                                 latent_sq=work.get("latent_sq", (2, d_sae), torch.float64, x.device))
     grad_sq = sq.sum()  # Σ of squared weight gradients, for the clipping's norm without a pass over them
     grad_b_enc.zero_().index_add_(0, idx.flatten(), g_raw.flatten())
-    aux = mse.new_zeros(())
-    if n_dead:  # AuxK adds to the dead latents' rows and columns: their share of the norm is redone
-        grad_sq -= latent_sq[:, dead_ids].sum()
-        aux, aux_sq = _aux_k(sae, dead_pre, dead_ids, norm, x_lp, sae_out, x, lp)
-        grad_sq += aux_sq
+    if n_dead:
+        grad_b_enc.index_add_(0, dead_ids, g_aux)
     # b_dec: the decoder's bias, and through the encoder's input x - b_dec: -W_enc (Σ ∂hidden_pre).
     grad_b_dec = _grad(b_dec).copy_(g_out.sum(0))
     if cfg.apply_b_dec_to_input:
@@ -163,15 +162,16 @@ def _sq(t: torch.Tensor) -> torch.Tensor:
     return t.double().pow(2).sum()
 
 
-def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> tuple[torch.Tensor, torch.Tensor]:
-    """AuxK (Gao et al. App. A.2) as SAELens computes it, adding its gradients to ``.grad``: each
-    row's top ``d_in / 2`` dead latents, without ReLU, reconstruct the live latents' residual
-    ``x - sae_out`` (no gradient through it) without bias; scaled by min(n_dead / k_aux, 1).
+def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """AuxK (Gao et al. App. A.2) as SAELens computes it: each row's top ``d_in / 2`` dead latents,
+    without ReLU, reconstruct the live latents' residual ``x - sae_out`` (no gradient through
+    it) without bias; scaled by min(n_dead / k_aux, 1).
 
     The dead latents' columns are handled densely (``[batch, n_dead]`` matmuls over their rows
-    only), with the unchosen ones zeroed when there are more than ``k_aux``. Returns the loss and
-    the sum of squares of the dead latents' weight-gradient rows and columns afterwards."""
-    cfg, W_enc, b_enc, W_dec = sae.cfg, sae.W_enc, sae.b_enc, sae.W_dec
+    only), with the unchosen ones zeroed when there are more than ``k_aux``. Returns the loss,
+    ``(dead_ids, ∂W_dec rows, ∂W_enc columns as rows)`` for :func:`faithful.native.sparse_outer`
+    to add, and ``∂b_enc`` at the dead latents."""
+    cfg, W_dec = sae.cfg, sae.W_dec
     batch, d_in = x_lp.shape
     k_aux = d_in // 2
     n_dead = len(dead_ids)  # vals [batch, n_dead]: their pre-activations, before the rescaling
@@ -196,10 +196,8 @@ def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> tuple[torch.Tenso
     g_vals = g_vals_pad[:, :n_dead]
     if chosen is not None:
         g_vals.masked_fill_(~chosen, 0.0)
-    sq = native.add_rows_cols(W_dec.grad, W_enc.grad, dead_ids, (vals_lp.T @ g_rec)[:n_dead],
-                              (x_lp.T @ g_vals_pad)[:, :n_dead])
-    b_enc.grad.index_add_(0, dead_ids, g_vals.sum(0, dtype=b_enc.dtype))
-    return loss, sq.sum()
+    rows = ((vals_lp.T @ g_rec)[:n_dead], (g_vals_pad.T @ x_lp)[:n_dead])
+    return loss, (dead_ids, *rows), g_vals.sum(0, dtype=sae.b_enc.dtype)
 
 
 def sparse_acts(indices: torch.Tensor, acts: torch.Tensor, d_sae: int) -> torch.Tensor:

@@ -113,29 +113,36 @@ def test_sparse_outer_is_both_weight_gradients(kernels, dtype, n):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_add_rows_cols_adds_auxk_share_and_its_squares(kernels, dtype):
-    """G into rows ``ids`` of the first gradient and H into the same columns of the second,
-    in place; the sums of squares of exactly those rows and columns afterwards. Other rows and
-    columns are untouched; a 64-latent block boundary is crossed (several blocks per thread)."""
+@pytest.mark.parametrize("d", [24, 32])
+def test_sparse_outer_adds_extra_rows_before_the_squares(kernels, dtype, d):
+    """``extra = (ids, G, H)``: G into rows ``ids`` of the first gradient and H into the same
+    columns of the second, the same bits as adding them afterwards in fp32; the squares include
+    them. Other rows and columns are untouched. d = 32 streams the first gradient's rows (whole,
+    aligned rows), d = 24 does not."""
     gen = torch.Generator().manual_seed(5)
-    n, d = 300, 24
+    rows, n, k = 50, 300, 5
+    idx = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(rows)])
+    a, b = torch.randn(rows, k, generator=gen), torch.randn(rows, k, generator=gen)
+    both = torch.randn(rows, 2 * d, generator=gen).bfloat16()
+    A, B = both[:, :d], both[:, d:]
     ids = torch.randperm(n, generator=gen)[:150]
-    outA, outBt = torch.randn(n, d, generator=gen), torch.randn(d, n, generator=gen)
-    G, H = torch.randn(150, d, generator=gen).to(dtype), torch.randn(d, 150, generator=gen).to(dtype)
-    wantA, wantBt = outA.clone(), outBt.clone()
+    G, H = torch.randn(150, d, generator=gen).to(dtype), torch.randn(150, d, generator=gen).to(dtype)
+    wantA, wantBt, _ = native.sparse_outer(idx, a, b, A, B, n)
     wantA[ids] += G.float()
-    wantBt[:, ids] += H.float()
-    sq = native.add_rows_cols(outA, outBt, ids, G, H)
-    assert torch.equal(outA, wantA) and torch.equal(outBt, wantBt)
-    want_sq = torch.stack([wantA[ids].double().pow(2).sum(), wantBt[:, ids].double().pow(2).sum()])
-    torch.testing.assert_close(sq, want_sq, rtol=1e-9, atol=0)
-    if kernels == "native":  # C's threads would race on a repeated row
-        with pytest.raises(ValueError, match="ids must be distinct"):
-            native.add_rows_cols(outA, outBt, torch.tensor([3, 3]), G[:2], H[:, :2])
+    wantBt[:, ids] += H.float().T
+    latent_sq = torch.empty(2, n, dtype=torch.float64)
+    gotA, gotBt, sq = native.sparse_outer(idx, a, b, A, B, n, latent_sq=latent_sq, extra=(ids, G, H))
+    assert torch.equal(gotA, wantA) and torch.equal(gotBt, wantBt)
+    per_latent = torch.stack([wantA.double().pow(2).sum(1), wantBt.double().pow(2).sum(0)])
+    torch.testing.assert_close(latent_sq, per_latent, rtol=1e-6, atol=0)
+    torch.testing.assert_close(sq, per_latent.sum(1), rtol=1e-6, atol=0)
+    if kernels != "torch":  # a repeated latent would take only one of its rows
+        with pytest.raises(ValueError, match="extra's ids must be distinct"):
+            native.sparse_outer(idx, a, b, A, B, n, extra=(torch.tensor([3, 3]), G[:2], H[:2]))
     with pytest.raises(ValueError, match=r"ids must lie in 0\.\.299"):
-        native.add_rows_cols(outA, outBt, torch.tensor([n]), G[:1], H[:, :1])
+        native.sparse_outer(idx, a, b, A, B, n, extra=(torch.tensor([n]), G[:1], H[:1]))
     with pytest.raises(ValueError, match="H must have shape"):
-        native.add_rows_cols(outA, outBt, ids, G, H[:, :3])
+        native.sparse_outer(idx, a, b, A, B, n, extra=(ids, G, H[:3]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -180,11 +187,12 @@ def test_kernels_are_deterministic_across_thread_counts():
             a = torch.rand(rows, k, generator=torch.Generator().manual_seed(4))
             out, _, g, dots = native.decode_rows(idx, a, W, bias[:d], x, 0.5)
             lat, gA, gBt = torch.empty(2, n, dtype=torch.float64), torch.zeros(n, d), torch.zeros(d, n)
-            outer = native.sparse_outer(idx, a, dots, g, x, n, out=(gA, gBt), latent_sq=lat)
             ids = torch.arange(0, n, 3)
-            aux_sq = native.add_rows_cols(gA, gBt, ids, torch.ones(len(ids), d), torch.ones(d, len(ids)))
+            extra = (ids, torch.ones(len(ids), d), torch.ones(len(ids), d))
+            outer = native.sparse_outer(idx, a, dots, g, x, n, out=(gA, gBt), latent_sq=lat, extra=extra)
+            outer_bf16 = native.sparse_outer(idx, a, dots, g.bfloat16(), x.bfloat16(), n)
             aux = native.aux_residual(out.bfloat16(), out, x, 0.5)
-            results.append((idx, out, dots, *outer, lat, aux_sq, *aux))
+            results.append((idx, out, dots, *outer, lat, *outer_bf16, *aux))
     finally:
         torch.set_num_threads(before)
     for one, two in zip(*results):
