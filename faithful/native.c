@@ -204,61 +204,109 @@ void bias_topk(const void *xw, int is_bf16, const float *bias, const float *scal
     }
 }
 
-/* A TopK decoder's forward and first backward step, row by row while the row's k decoder rows
- * are in cache: out[i] = bias + sum_j a[i, j] W[idx[i, j]] (j in order), err = out[i] - x[i],
- * sq[i] = |err|², g[i] = scale * err, and dots[i, j] = <g[i], W[idx[i, j]]> where a[i, j] > 0,
- * else 0 (the gradient reaching a ReLU'd activation). x, out [rows, d]; g [rows, d] with row
- * stride ldg; W [n, d]. */
-void decode_rows(const int64_t *idx, const float *a, const float *W, const float *bias, const float *x,
-                 int64_t rows, int k, int64_t d, float scale, float *out, float *sq, float *g, int64_t ldg,
-                 float *dots, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < rows; i++) {
-        float *o = out + i * d, *gi = g + i * ldg;
-        const float *xi = x + i * d;
-        for (int64_t c = 0; c < d; c++) o[c] = 0.0f;
-        for (int j = 0; j < k; j++) {
-            const float *w = W + idx[i * k + j] * d;
-            float s = a[i * k + j];
-            for (int64_t c = 0; c < d; c++) o[c] += s * w[c];
-        }
-        float acc[16] = {0};
-        int64_t c = 0;
-        for (; c + 16 <= d; c += 16)
-            for (int q = 0; q < 16; q++) {
-                float e = (o[c + q] += bias[c + q]) - xi[c + q];
-                acc[q] += e * e;
-                gi[c + q] = scale * e;
-            }
-        float total = 0.0f;
-        for (int q = 0; q < 16; q++) total += acc[q];
-        for (; c < d; c++) {
-            float e = (o[c] += bias[c]) - xi[c];
-            total += e * e;
-            gi[c] = scale * e;
-        }
-        sq[i] = total;
-        for (int j = 0; j < k; j++) {
-            float dot = 0.0f;
-            if (a[i * k + j] > 0) {
-                const float *w = W + idx[i * k + j] * d;
-                float pa[16] = {0};
-                int64_t cc = 0;
-                for (; cc + 16 <= d; cc += 16)
-                    for (int q = 0; q < 16; q++) pa[q] += gi[cc + q] * w[cc + q];
-                for (int q = 0; q < 16; q++) dot += pa[q];
-                for (; cc < d; cc++) dot += gi[cc] * w[cc];
-            }
-            dots[i * k + j] = dot;
-        }
-    }
-}
-
 #ifdef __AVX512F__
 static inline __m512 bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
+
+/* decode_rows' columns [c0, c0 + 16 NV) of row i: the output summed in registers over the k
+ * picks, then the error, its squares (into the 16 lanes sq), the gradient g, and each pick's dot
+ * product with g added to its 16 lanes dl + 16 j (while the k decoder rows' columns are in L1). */
+#define DECODE_CHUNK(NV)                                                                             \
+static inline void decode_chunk##NV(const int64_t *idx, const float *a, const float *W, const float *bias, \
+                                    const float *xi, int k, int64_t d, int64_t c0, __m512 scale, float *o, \
+                                    float *gi, float *sq, float *dl) {                               \
+    __m512 acc[NV], g[NV];                                                                           \
+    for (int v = 0; v < NV; v++) acc[v] = _mm512_setzero_ps();                                       \
+    for (int j = 0; j < k; j++) {                                                                    \
+        const float *w = W + idx[j] * d + c0;                                                        \
+        __m512 s = _mm512_set1_ps(a[j]);                                                             \
+        for (int v = 0; v < NV; v++) acc[v] = _mm512_fmadd_ps(s, _mm512_loadu_ps(w + 16 * v), acc[v]); \
+    }                                                                                                \
+    for (int v = 0; v < NV; v++) {                                                                   \
+        __m512 out = _mm512_add_ps(acc[v], _mm512_loadu_ps(bias + c0 + 16 * v));                     \
+        __m512 e = _mm512_sub_ps(out, _mm512_loadu_ps(xi + c0 + 16 * v));                            \
+        _mm512_storeu_ps(o + c0 + 16 * v, out);                                                      \
+        _mm512_storeu_ps(sq, _mm512_fmadd_ps(e, e, _mm512_loadu_ps(sq)));                            \
+        g[v] = _mm512_mul_ps(scale, e);                                                              \
+        _mm512_storeu_ps(gi + c0 + 16 * v, g[v]);                                                    \
+    }                                                                                                \
+    for (int j = 0; j < k; j++) {                                                                    \
+        if (!(a[j] > 0)) continue;                                                                   \
+        const float *w = W + idx[j] * d + c0;                                                        \
+        __m512 t = _mm512_loadu_ps(dl + 16 * j);                                                     \
+        for (int v = 0; v < NV; v++) t = _mm512_fmadd_ps(g[v], _mm512_loadu_ps(w + 16 * v), t);     \
+        _mm512_storeu_ps(dl + 16 * j, t);                                                            \
+    }                                                                                                \
+}
+DECODE_CHUNK(8)
+DECODE_CHUNK(1)
 #endif
+
+/* A TopK decoder's forward and first backward step, row by row while the row's k decoder rows
+ * are in cache: out[i] = bias + sum_j a[i, j] W[idx[i, j]] (j in order), err = out[i] - x[i],
+ * sq[i] = |err|², g[i] = scale * err, and dots[i, j] = <g[i], W[idx[i, j]]> where a[i, j] > 0,
+ * else 0 (the gradient reaching a ReLU'd activation). x, out [rows, d]; g [rows, d] with row
+ * stride ldg; W [n, d]. Sums of squares and dot products run in 16 lanes (c mod 16) over the
+ * whole 16s, then the lanes in order, then the tail. With AVX-512, 128 columns at a time are
+ * done in registers, and each decoder row is read once. */
+void decode_rows(const int64_t *idx, const float *a, const float *W, const float *bias, const float *x,
+                 int64_t rows, int k, int64_t d, float scale, float *out, float *sq, float *g, int64_t ldg,
+                 float *dots, int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        float *lanes = malloc(sizeof(float) * 16 * (k + 1));  /* k dot products', then the squares' */
+        #pragma omp for schedule(static)
+        for (int64_t i = 0; i < rows; i++) {
+            float *o = out + i * d, *gi = g + i * ldg;
+            const float *xi = x + i * d;
+            const int64_t *ix = idx + i * k;
+            const float *ai = a + i * k;
+            for (int64_t q = 0; q < 16 * (k + 1); q++) lanes[q] = 0.0f;
+            int64_t c0 = 0;
+#ifdef __AVX512F__
+            __m512 sc = _mm512_set1_ps(scale);
+            for (; c0 + 128 <= d; c0 += 128) decode_chunk8(ix, ai, W, bias, xi, k, d, c0, sc, o, gi, lanes + 16 * k, lanes);
+            for (; c0 + 16 <= d; c0 += 16) decode_chunk1(ix, ai, W, bias, xi, k, d, c0, sc, o, gi, lanes + 16 * k, lanes);
+#endif
+            for (int64_t c = c0; c < d; c++) o[c] = 0.0f;
+            for (int j = 0; j < k; j++) {
+                const float *w = W + ix[j] * d;
+                float s = ai[j];
+                for (int64_t c = c0; c < d; c++) o[c] += s * w[c];
+            }
+            float *acc = lanes + 16 * k, total = 0.0f;
+            int64_t c = c0;
+            for (; c + 16 <= d; c += 16)
+                for (int q = 0; q < 16; q++) {
+                    float e = (o[c + q] += bias[c + q]) - xi[c + q];
+                    acc[q] += e * e;
+                    gi[c + q] = scale * e;
+                }
+            for (int q = 0; q < 16; q++) total += acc[q];
+            int64_t tail = c;
+            for (; c < d; c++) {
+                float e = (o[c] += bias[c]) - xi[c];
+                total += e * e;
+                gi[c] = scale * e;
+            }
+            sq[i] = total;
+            for (int j = 0; j < k; j++) {
+                float dot = 0.0f, *pa = lanes + 16 * j;
+                if (ai[j] > 0) {
+                    const float *w = W + ix[j] * d;
+                    int64_t cc = c0;
+                    for (; cc + 16 <= d; cc += 16)
+                        for (int q = 0; q < 16; q++) pa[q] += gi[cc + q] * w[cc + q];
+                    for (int q = 0; q < 16; q++) dot += pa[q];
+                    for (cc = tail; cc < d; cc++) dot += gi[cc] * w[cc];
+                }
+                dots[i * k + j] = dot;
+            }
+        }
+        free(lanes);
+    }
+}
 
 /* order[p] = r << 32 | j names entry e = r * k + j (row r, its j-th pick). */
 #define ENTRY_ROW(o) ((o) >> 32)
