@@ -1,8 +1,8 @@
-"""The TopK training step's sparse kernels: compiled from ``native.c`` on CPU, torch elsewhere.
+"""The TopK training step's sparse kernels: compiled from C on CPU, torch elsewhere.
 
 On a 2-core CPU, ``torch.topk`` over a ``[1,024, 4,608]`` batch of pre-activations takes ≈7 ms
 (about 3 ns per value and thread) and autograd's ``embedding_bag`` backward ≈9 ms, against ≈2.6 ms
-for the step's one dense matmul. ``native.c`` does that work in a few ms:
+for the step's one dense matmul. ``native_topk.c`` and ``native_grads.c`` do that work in a few ms:
 
 * :func:`topk_indices` / :func:`bias_topk` — each row's ``k`` largest columns, in increasing
   order: the blocks of 16 values whose maximum reaches the k-th largest block maximum hold them
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("native_topk.c", "native_grads.c"))
+HEADER = Path(__file__).with_name("native.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 _lib: ctypes.CDLL | bool | None = None  # False: could not be built (warned once)
 
@@ -82,14 +83,15 @@ def library() -> ctypes.CDLL | None:
 
 def _build() -> Path:
     cc = os.environ.get("CC", "cc")
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join((cc,) + FLAGS).encode(),
+    sources = b"\0".join(f.read_bytes() for f in (*SOURCES, HEADER))
+    key = hashlib.sha256(b"\0".join([sources, " ".join((cc,) + FLAGS).encode(),
                                      platform.machine().encode(), _cpu_id()])).hexdigest()[:16]
     path = cache_dir() / f"native-{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # written whole, then renamed
             out = Path(tmp) / path.name
-            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], check=True,
+            subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", str(out), "-lm"], check=True,
                            capture_output=True, text=True, timeout=300)
             os.replace(out, path)
     return path
