@@ -140,6 +140,8 @@ def _indices(name: str, idx: torch.Tensor, n: int) -> None:
 def _k(k: int, n: int) -> None:
     if not 0 < k <= n:
         raise ValueError(f"k must be in 1..{n} for {n} columns, not {k}")
+    if n >= 2**31:  # the kernels keep column indices in int32
+        raise ValueError(f"rows of {n} columns are longer than the top-k kernels take (2^31)")
 
 
 def topk_indices(h: torch.Tensor, k: int) -> torch.Tensor:
@@ -197,8 +199,8 @@ def bias_topk(xw: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None, 
 
 
 def _rows(t: torch.Tensor) -> bool:
-    """Rows may be strided (views of a wider buffer), their elements not."""
-    return t.dim() == 2 and t.stride(1) == 1
+    """Rows may be strided (views of a wider buffer), their elements not, and may not overlap."""
+    return t.dim() == 2 and t.stride(1) == 1 and (t.shape[0] <= 1 or t.stride(0) >= t.shape[1])
 
 
 def decode_rows(idx: torch.Tensor, a: torch.Tensor, W: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,

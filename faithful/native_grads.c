@@ -165,7 +165,7 @@ static void add_sq(const float *r, int64_t c0, int64_t d, double *lanes, double 
     int64_t c = c0;
     for (; c + 16 <= d; c += 16)
         for (int q = 0; q < 16; q++) lanes[q] += (double)r[c + q] * r[c + q];
-    for (; c < d; c++) *s += r[c] * r[c];
+    for (; c < d; c++) *s += (double)r[c] * r[c];
 }
 
 /* ra[c] = sum over the entries order[p0..p1) (in order) of a[e] * A[r, c] (e and its row r as

@@ -11,9 +11,11 @@ def _reference_topk(h, k):
     return h.topk(k, dim=1).indices.sort(dim=1).values
 
 
-@pytest.mark.parametrize("n, k", [(4608, 32), (400, 288), (2304, 288), (17, 5), (40, 3), (64, 64), (7, 1)])
+@pytest.mark.parametrize("n, k", [(4608, 32), (4610, 32), (100, 3), (400, 288), (2304, 288), (17, 5), (40, 3),
+                                  (64, 64), (7, 1)])
 def test_topk_matches_torch(kernels, n, k):
-    """Long rows (the blocks-of-16 path), short rows and k = n (the whole-row path)."""
+    """Long rows (the blocks-of-16 path, with and without a tail past the last 16), short rows
+    and k = n (the whole-row path)."""
     h = torch.randn(50, n, generator=torch.Generator().manual_seed(n + k))
     assert torch.equal(native.topk_indices(h, k), _reference_topk(h, k))
     mask = native.topk_mask(h, k)
@@ -40,13 +42,15 @@ def test_topk_edge_values(kernels):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("scaled", [True, False])
-def test_bias_topk_rounds_as_torch_does(kernels, dtype, scaled):
+@pytest.mark.parametrize("n", [4608, 4610])
+def test_bias_topk_rounds_as_torch_does(kernels, dtype, scaled, n):
+    """n = 4610 leaves a tail past the last whole 16 columns."""
     gen = torch.Generator().manual_seed(0)
-    xw = torch.randn(40, 4608, generator=gen).to(dtype)
-    bias, scale = torch.randn(4608, generator=gen), torch.rand(4608, generator=gen) + 0.5
+    xw = torch.randn(40, n, generator=gen).to(dtype)
+    bias, scale = torch.randn(n, generator=gen), torch.rand(n, generator=gen) + 0.5
     hidden = (xw.float() + bias) * (scale if scaled else 1.0)
     cols = torch.tensor([3, 4000, 17])
-    out = torch.empty(40, 4608)
+    out = torch.empty(40, n)
     idx, picked = native.bias_topk(xw, bias, scale if scaled else None, 32, out=out, cols=cols)
     assert torch.equal(out, hidden)
     assert torch.equal(idx, _reference_topk(hidden, 32))
@@ -55,11 +59,12 @@ def test_bias_topk_rounds_as_torch_does(kernels, dtype, scaled):
     assert torch.equal(idx2, idx) and none is None
 
 
-@pytest.mark.parametrize("d", [40, 136])
+@pytest.mark.parametrize("d", [40, 136, 152])
 def test_decode_rows_is_the_decoder_and_its_gradient(kernels, d):
     """Against autograd on the dense decoder: output, squared error, ∂mse/∂out and ∂mse/∂a
-    (zero where the activation is zero); g may be a strided half of a wider buffer. d = 136 has
-    a block of 128 columns (done in registers with AVX-512) and a tail; d = 40 only the latter."""
+    (zero where the activation is zero); g may be a strided half of a wider buffer. With AVX-512,
+    d = 136 is a block of 128 columns (done in registers) and a tail, d = 152 such a block and
+    one of 16 and a tail, d = 40 blocks of 16 and a tail."""
     gen = torch.Generator().manual_seed(1)
     rows, n, k = 30, 300, 6
     idx = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(rows)]).sort(1).values
@@ -81,13 +86,15 @@ def test_decode_rows_is_the_decoder_and_its_gradient(kernels, d):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [333, 320])
-def test_sparse_outer_is_both_weight_gradients(kernels, dtype, n):
+@pytest.mark.parametrize("d", [24, 144])
+def test_sparse_outer_is_both_weight_gradients(kernels, dtype, n, d):
     """Sₐᵀ A and Bᵀ S_b against dense fp32 matrices, for separate inputs and for two halves of
     one buffer, fp32 or bf16 (summed in fp32); latents that no row chose get zeros (over stale
     values in ``out``). n = 333 ends in a part tile; 320 is all whole tiles, whose columns are
-    streamed to memory when aligned."""
+    streamed to memory when aligned. With bf16 and AVX-512, d = 144 sums a block of 128 columns
+    and one of 16 in registers and streams the first gradient's rows; d = 24 has a tail."""
     gen = torch.Generator().manual_seed(2)
-    rows, d, k = 50, 24, 5
+    rows, k = 50, 5
     idx = torch.stack([torch.randperm(n - 20, generator=gen)[:k] for _ in range(rows)])
     a, b = torch.randn(rows, k, generator=gen), torch.randn(rows, k, generator=gen)
     both = torch.randn(rows, 2 * d, generator=gen).to(dtype)
@@ -106,10 +113,11 @@ def test_sparse_outer_is_both_weight_gradients(kernels, dtype, n):
         torch.testing.assert_close(out[0], S_a.T @ A.float(), **tol)
         torch.testing.assert_close(out[1], B.float().T @ S_b, **tol)
         assert out[0][n - 20:].eq(0).all() and out[1][:, n - 20:].eq(0).all()
-    # the encoder's gradient in an unaligned buffer: whole tiles stored without streaming
-    unaligned = torch.full((d * n + 1,), 9.0)[1:].view(d, n)
-    native.sparse_outer(idx, a, b, A, B, n, out=(torch.empty(n, d), unaligned))
-    torch.testing.assert_close(unaligned, B.float().T @ S_b, **tol)
+    # both gradients in unaligned buffers: whole tiles and rows stored without streaming
+    unaligned = torch.full((d * n + 1,), 9.0)[1:].view(d, n), torch.full((n * d + 1,), 9.0)[1:].view(n, d)
+    native.sparse_outer(idx, a, b, A, B, n, out=(unaligned[1], unaligned[0]))
+    torch.testing.assert_close(unaligned[0], B.float().T @ S_b, **tol)
+    torch.testing.assert_close(unaligned[1], S_a.T @ A.float(), **tol)
     with pytest.raises(ValueError, match="latent_sq must be float64 on cpu"):
         native.sparse_outer(idx, a, b, A, B, n, latent_sq=torch.empty(2, n, dtype=torch.float64, device="meta"))
 
@@ -172,33 +180,57 @@ def test_aux_residual_is_torchs_rounding_in_one_pass(kernels, dtype):
     assert g_int.eq(-1).all()
 
 
-def test_kernels_are_deterministic_across_thread_counts():
-    """Same bits with 1 and 2 threads: rows and latents are split, sums keep their order."""
+def _every_kernel() -> tuple[torch.Tensor, ...]:
+    """Every compiled kernel's outputs on fixed inputs, through both of their paths where they
+    have two (fp32 and bf16; blocks of 128 and 16 columns and a tail; extra rows or none)."""
     if native.library() is None:
         pytest.fail("faithful.native could not be compiled")
     gen = torch.Generator().manual_seed(3)
-    rows, n, d, k = 256, 1024, 64, 16
+    rows, n, d, k = 256, 1030, 152, 16
     xw = torch.randn(rows, n, generator=gen).bfloat16()
     bias, W, x = torch.randn(n, generator=gen), torch.randn(n, d, generator=gen), torch.randn(rows, d, generator=gen)
+    scale = torch.rand(n, generator=gen) + 0.5
+    idx, picked = native.bias_topk(xw, bias, scale, k, cols=torch.arange(0, n, 7))
+    mask = native.topk_mask(xw.float()[:, :300], 40)
+    a = torch.rand(rows, k, generator=gen)
+    out, sq, g, dots = native.decode_rows(idx, a, W, bias[:d], x, 0.5)
+    results = [idx, picked, mask, out, sq, dots]
+    ids = torch.arange(0, n, 3)
+    for dtype in (torch.float32, torch.bfloat16):
+        lat = torch.empty(2, n, dtype=torch.float64)
+        extra = (ids, torch.randn(len(ids), d, generator=gen).to(dtype), torch.randn(len(ids), d, generator=gen).to(dtype))
+        results += [*native.sparse_outer(idx, a, dots, g.to(dtype), x.to(dtype), n, latent_sq=lat, extra=extra), lat]
+        results += native.aux_residual(out.to(dtype), out, x, 0.5)
+    return tuple(results)
+
+
+def test_kernels_are_deterministic_across_thread_counts():
+    """Same bits with 1 and 2 threads: rows and latents are split, sums keep their order."""
     before = torch.get_num_threads()
-    results = []
     try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            idx, _ = native.bias_topk(xw, bias, None, k)
-            a = torch.rand(rows, k, generator=torch.Generator().manual_seed(4))
-            out, _, g, dots = native.decode_rows(idx, a, W, bias[:d], x, 0.5)
-            lat, gA, gBt = torch.empty(2, n, dtype=torch.float64), torch.zeros(n, d), torch.zeros(d, n)
-            ids = torch.arange(0, n, 3)
-            extra = (ids, torch.ones(len(ids), d), torch.ones(len(ids), d))
-            outer = native.sparse_outer(idx, a, dots, g, x, n, out=(gA, gBt), latent_sq=lat, extra=extra)
-            outer_bf16 = native.sparse_outer(idx, a, dots, g.bfloat16(), x.bfloat16(), n)
-            aux = native.aux_residual(out.bfloat16(), out, x, 0.5)
-            results.append((idx, out, dots, *outer, lat, *outer_bf16, *aux))
+        torch.set_num_threads(1)
+        one = _every_kernel()
+        torch.set_num_threads(2)
+        two = _every_kernel()
     finally:
         torch.set_num_threads(before)
-    for one, two in zip(*results):
-        assert torch.equal(one, two)
+    for x, y in zip(one, two, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_the_portable_build_gives_the_same_bits(monkeypatch):
+    """Compiled without AVX-512, the kernels' portable loops give the same bits as the AVX-512
+    paths: the same sums in the same order (with multiply-adds fused, as gcc does by default)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("-mno-avx512f is an x86 flag")
+    fast = _every_kernel()
+    monkeypatch.setattr(native, "FLAGS", native.FLAGS + ("-mno-avx512f",))
+    monkeypatch.setattr(native, "_lib", None)
+    portable = _every_kernel()
+    for x, y in zip(fast, portable, strict=True):
+        assert torch.equal(x, y)
 
 
 def test_a_missing_compiler_warns_and_falls_back(monkeypatch, tmp_path):
@@ -273,5 +305,5 @@ def test_minus_zero_ties_with_zero(kernels):
     """-0.0 == 0.0: a tie, so the earlier column wins, as for any equal values."""
     h = torch.tensor([[-0.0, 0.0, -1.0] + [-2.0] * 61])
     assert native.topk_indices(h, 1).tolist() in ([[0]], [[1]])
-    if kernels == "native":
+    if kernels != "torch":
         assert native.topk_indices(h, 1).tolist() == [[0]]
