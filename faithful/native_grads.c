@@ -60,8 +60,9 @@ void decode_rows(const int64_t *idx, const float *a, const float *W, const float
             int64_t c0 = 0;
 #ifdef __AVX512F__
             __m512 sc = _mm512_set1_ps(scale);
-            for (; c0 + 128 <= d; c0 += 128) decode_chunk8(ix, ai, W, bias, xi, k, d, c0, sc, o, gi, lanes + 16 * k, lanes);
-            for (; c0 + 16 <= d; c0 += 16) decode_chunk1(ix, ai, W, bias, xi, k, d, c0, sc, o, gi, lanes + 16 * k, lanes);
+            float *sq_lanes = lanes + 16 * k;
+            for (; c0 + 128 <= d; c0 += 128) decode_chunk8(ix, ai, W, bias, xi, k, d, c0, sc, o, gi, sq_lanes, lanes);
+            for (; c0 + 16 <= d; c0 += 16) decode_chunk1(ix, ai, W, bias, xi, k, d, c0, sc, o, gi, sq_lanes, lanes);
 #endif
             for (int64_t c = c0; c < d; c++) o[c] = 0.0f;
             for (int j = 0; j < k; j++) {

@@ -198,7 +198,8 @@ def _every_kernel() -> tuple[torch.Tensor, ...]:
     ids = torch.arange(0, n, 3)
     for dtype in (torch.float32, torch.bfloat16):
         lat = torch.empty(2, n, dtype=torch.float64)
-        extra = (ids, torch.randn(len(ids), d, generator=gen).to(dtype), torch.randn(len(ids), d, generator=gen).to(dtype))
+        G, H = (torch.randn(len(ids), d, generator=gen).to(dtype) for _ in range(2))
+        extra = (ids, G, H)
         results += [*native.sparse_outer(idx, a, dots, g.to(dtype), x.to(dtype), n, latent_sq=lat, extra=extra), lat]
         results += native.aux_residual(out.to(dtype), out, x, 0.5)
     return tuple(results)
