@@ -171,11 +171,10 @@ static void add_sq(const float *r, int64_t c0, int64_t d, double *lanes, double 
 
 /* ra[c] = sum over the entries order[p0..p1) (in order) of a[e] * A[r, c] (e and its row r as
  * ENTRY and ENTRY_ROW give them), and rb[c] likewise with b and B, then + x's rows if any; returns
- * their sums of squares
- * in sq2[0], sq2[1]: the tail past the last whole 16 first, then 16 lanes (c mod 16) in order,
- * each in double (exact products: a share that would overflow fp32 stays finite). With AVX-512
- * and bf16, 128 columns at a time are summed in registers, and ra is streamed past the caches
- * when `stream` (64-byte aligned rows; it is not read again here). */
+ * their sums of squares in sq2[0], sq2[1]: the tail past the last whole 16 first, then 16 lanes
+ * (c mod 16) in order, each in double (exact products: a share that would overflow fp32 stays
+ * finite). With AVX-512 and bf16, 128 columns at a time are summed in registers, and ra is
+ * streamed past the caches when `stream` (64-byte aligned rows; it is not read again here). */
 static void outer_row(const int64_t *order, int64_t p0, int64_t p1, int k, const float *a,
                       const float *b, const void *A, const void *B, int is_bf16, int64_t d,
                       int64_t ld, float *restrict ra, float *restrict rb, int stream, Extra x, double *sq2) {
@@ -256,7 +255,8 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
                   int64_t m_extra, const void *G, const void *H, int gh_bf16, float *outA, float *outBt,
                   double *sq, double *lat_sq, int64_t *start, int64_t *order, int64_t *pos, int threads) {
     int64_t m = rows * k, tiles = (n + 15) / 16;
-    int stream = ((uintptr_t)outA & 63) == 0 && (d & 15) == 0;  /* outA's rows 64-byte aligned */
+    /* outA's rows are streamed where outer_row's registers write whole, 64-byte aligned lines */
+    int stream = is_bf16 && ((uintptr_t)outA & 63) == 0 && (d & 15) == 0;
     for (int64_t l = 0; l <= n; l++) start[l] = 0;
     for (int64_t e = 0; e < m; e++) start[idx[e] + 1]++;
     for (int64_t l = 0; l < n; l++) start[l + 1] += start[l];
@@ -285,7 +285,7 @@ void sparse_outer(const int64_t *idx, const float *a, const float *b, int64_t ro
             }
             tile_to_columns(tile, nl, d, n, outBt + l0);
 #ifdef __AVX512F__
-            if (stream && is_bf16) _mm_sfence();  /* outA's streamed rows are visible before the thread moves on */
+            if (stream) _mm_sfence();  /* outA's streamed rows are visible before the thread moves on */
 #endif
         }
         free(tile);

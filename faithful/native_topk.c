@@ -55,15 +55,20 @@ static RowScratch row_scratch(int64_t n) {
 
 static void free_row_scratch(RowScratch s) { free(s.key); free(s.bk); free(s.ck); free(s.ci); }
 
+#ifdef __AVX512F__
+/* The keys of block b (16 values v) into s.key, and their largest into s.bk[b]. */
+static inline void block_keys16(__m512 v, int64_t b, RowScratch s) {
+    __m512i key = fkey16(v);
+    _mm512_storeu_si512(s.key + 16 * b, key);
+    s.bk[b] = _mm512_reduce_max_epi32(key);
+}
+#endif
+
 /* s.key[c] = fkey(row[c]) for c < n, and s.bk[b] = the largest key of the whole block b of 16. */
 static void row_keys(const float *row, int64_t n, RowScratch s) {
     int64_t b = 0;
 #ifdef __AVX512F__
-    for (; 16 * b + 16 <= n; b++) {
-        __m512i key = fkey16(_mm512_loadu_ps(row + 16 * b));
-        _mm512_storeu_si512(s.key + 16 * b, key);
-        s.bk[b] = _mm512_reduce_max_epi32(key);
-    }
+    for (; 16 * b + 16 <= n; b++) block_keys16(_mm512_loadu_ps(row + 16 * b), b, s);
 #endif
     for (; 16 * b + 16 <= n; b++) {
         int32_t mx = INT32_MIN;
@@ -157,15 +162,11 @@ void bias_topk(const void *xw, int is_bf16, const float *bias, const float *scal
 #ifdef __AVX512F__
             for (; 16 * b + 16 <= n; b++) {
                 int64_t c = 16 * b;
-                __m512 v = is_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                         _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xb + c))), 16))
-                                   : _mm512_loadu_ps(xf + c);
+                __m512 v = is_bf16 ? bf16x16(xb + c) : _mm512_loadu_ps(xf + c);
                 v = _mm512_add_ps(v, _mm512_loadu_ps(bias + c));
                 if (scale) v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + c));
                 if (h) _mm512_storeu_ps(h + c, v);
-                __m512i key = fkey16(v);
-                _mm512_storeu_si512(s.key + c, key);
-                s.bk[b] = _mm512_reduce_max_epi32(key);
+                block_keys16(v, b, s);
             }
 #endif
             for (; 16 * b < n; b++) {  /* whole blocks without AVX-512, then the tail */
