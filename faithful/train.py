@@ -164,11 +164,14 @@ def train_corpora(model, profile=None, *, progress=True, overwrite=False) -> dic
 
 
 def make_sae(settings: TrainSettings, seed: int, device: str = "cpu"):
-    """A freshly initialised SAELens ``TopKTrainingSAE``, seeded by hand (SAELens ignores cfg seeds)."""
+    """A freshly initialised SAELens ``TopKTrainingSAE``, seeded by hand (SAELens ignores cfg seeds).
+
+    Initialised on the CPU, then moved to ``device``: CUDA's generator draws other numbers for the
+    same seed, and a seed should start from the same weights on every device."""
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
     cfg = TopKTrainingSAEConfig(
-        d_in=settings.d_in, d_sae=settings.d_sae, k=settings.k, device=device,
+        d_in=settings.d_in, d_sae=settings.d_sae, k=settings.k, device="cpu",
         normalize_activations="expected_average_only_in",
         aux_loss_coefficient=settings.aux_loss_coefficient)
     meta = cfg.metadata
@@ -176,7 +179,7 @@ def make_sae(settings: TrainSettings, seed: int, device: str = "cpu"):
     meta.context_size, meta.prepend_bos, meta.seqpos_slice = settings.context_size, True, (1, None)
     meta.dataset_path, meta.seed = settings.dataset, seed
     torch.manual_seed(seed)
-    return TopKTrainingSAE(cfg)
+    return TopKTrainingSAE(cfg).to(device)
 
 
 # ----------------------------------------------------------------------------- internals
