@@ -217,7 +217,7 @@ def ensure_embedded_model() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf = embedded_gguf_path()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = _gguf_special_tokens(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name), gguf)
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                               dtype=torch.float32)
     config = hf.config
@@ -229,6 +229,20 @@ def ensure_embedded_model() -> Path:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out
+
+
+def _gguf_special_tokens(tok, gguf: Path):
+    """Set BOS, EOS and PAD to the GGUF file's own ids. Some ``transformers`` versions (5.17 was
+    seen) convert SmolLM2's EOS as ``<|im_start|>`` instead of ``<|im_end|>``: sampling would then
+    stop at the wrong token."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id")):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        if field is not None:
+            setattr(tok, f"{name}_token", tok.convert_ids_to_tokens(int(field.parts[field.data[0]][0])))
+    return tok
 
 
 def load_hf_tokenizer(path: Path):

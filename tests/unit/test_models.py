@@ -17,6 +17,18 @@ def test_tiny_model_shape_and_start_token(tiny_model):
     assert {0, 1, 2} <= set(faithful.special_token_ids(tiny_model))
 
 
+def test_embedded_tokenizer_takes_its_special_tokens_from_the_gguf():
+    """transformers 5.17 converted SmolLM2's EOS as <|im_start|> (seen on a GPU machine): sampling
+    stopped at the wrong token. The conversion sets BOS, EOS and PAD from the GGUF's own ids."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(models.ensure_embedded_model()))
+    tok.eos_token = "<|im_start|>"  # as that version converted it
+    models._gguf_special_tokens(tok, models.embedded_gguf_path())
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert tok.eos_token_id == 2
+
+
 def test_hook_name_checks_layer(tiny_model):
     assert faithful.hook_name(tiny_model) == "blocks.1.hook_resid_post"
     assert faithful.hook_name(tiny_model, 0, "resid_pre") == "blocks.0.hook_resid_pre"
