@@ -22,6 +22,11 @@
    ratio of the median runs is printed beside it. About 25 min in all at the defaults.
 
     python benchmarks/training.py [--tokens N] [--rounds 5] [--model smollm2-135m] [--profile cpu]
+                                  [--device cuda]
+
+On a GPU (``--device cuda``) every timing synchronises the device first, the ceiling is a
+larger product (8192², small ones do not fill a GPU), the LM runs as faithful runs it there (no
+autocast) and the step has no compiled kernels to compare with (torch's operations are ours).
 
 The machine's load is printed first: timings taken while other processes compete are not comparable.
 """
@@ -45,24 +50,37 @@ from faithful.topk_step import TopKTrainer
 from faithful.train_stream import LM_BATCH, pack_contexts
 
 
+DEVICE = torch.device("cpu")
+"""Where everything runs (``--device``)."""
+
+
+def sync() -> float:
+    """``time.perf_counter()`` once the device has finished what was queued (CUDA is asynchronous)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
+
+
 def matmul_seconds(a: torch.Tensor, b: torch.Tensor, reps: int = 5, trials: int = 7) -> list[float]:
     """Seconds per ``a @ b`` in each of ``trials`` timings of ``reps`` products, after one warm-up."""
+    a, b = a.to(DEVICE), b.to(DEVICE)
     a @ b
     times = []
     for _ in range(trials):
-        t = time.perf_counter()
+        t = sync()
         for _ in range(reps):
             a @ b
-        times.append((time.perf_counter() - t) / reps)
+        times.append((sync() - t) / reps)
     return times
 
 
-def bf16_gflops(n: int = 2048, trials: int = 7) -> list[float]:
+def bf16_gflops(n: int | None = None, trials: int = 7) -> list[float]:
     """bf16 matmul GFLOP/s of ``trials`` timings of a 2048² product.
 
     On this shared machine the median differs by up to 2× from run to run, and a neighbour's burst
     can depress a whole window: the benchmark times this before and after the LM and pools them.
     """
+    n = n or (8192 if DEVICE.type == "cuda" else 2048)
     a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
     return [2 * n ** 3 / t / 1e9 for t in matmul_seconds(a, b, trials=trials)]
 
@@ -110,14 +128,14 @@ def timed_passes(one_pass, contexts, batch_size: int = LM_BATCH, passes: int = 5
     """(median, best) tokens/s of ``passes`` calls of ``one_pass(contexts)``, and the seconds of a
     warm-up call on one batch (which compiles, when compiled). Median and best, like the
     ceiling's, so that each is compared with its own kind."""
-    t = time.perf_counter()
+    t = sync()
     one_pass(contexts[:batch_size])
-    warm = time.perf_counter() - t
+    warm = sync() - t
     rates = []
     for _ in range(passes):
-        t = time.perf_counter()
+        t = sync()
         one_pass(contexts)
-        rates.append(contexts.numel() / (time.perf_counter() - t))
+        rates.append(contexts.numel() / (sync() - t))
     return statistics.median(rates), max(rates), warm
 
 
@@ -149,7 +167,7 @@ def hf_baseline(model, name: str, contexts, hook: str, passes: int = 5) -> dict 
         source = (ensure_embedded_model() if name == faithful.EMBEDDED
                   else local if local.is_dir() else _official_name(name))
         hf = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
-                                                  attn_implementation="sdpa").eval()
+                                                  attn_implementation="sdpa").eval().to(DEVICE)
     except Exception as err:  # offline, an architecture without SDPA, …: the baseline is optional
         return f"transformers could not load {name!r}: {str(err).splitlines()[0]}"
     base = hf.base_model
@@ -158,7 +176,7 @@ def hf_baseline(model, name: str, contexts, hook: str, passes: int = 5) -> dict 
     base.layers, base.norm = base.layers[:stop], torch.nn.Identity()
 
     def forward(toks):
-        return base(input_ids=toks, use_cache=False).last_hidden_state
+        return base(input_ids=toks.to(DEVICE), use_cache=False).last_hidden_state
     compiled = torch.compile(forward, dynamic=False)
 
     def run(fn, toks, autocast=None):
@@ -186,19 +204,19 @@ def sae_step_ms(cls, settings, acts, batch_size: int, n_dead: int, steps: int = 
     from sae_lens.config import SAETrainerConfig
 
     cfg = SAETrainerConfig(total_training_samples=10 ** 9, train_batch_size_samples=batch_size,
-                           lr=settings.lr, lr_end=settings.lr, device="cpu", autocast=True,
+                           lr=settings.lr, lr_end=settings.lr, device=str(DEVICE), autocast=True,
                            dead_feature_window=10 ** 6, feature_sampling_window=10 ** 6)
-    tr = cls(cfg=cfg, sae=train.make_sae(settings, 42), data_provider=iter(()))
+    tr = cls(cfg=cfg, sae=train.make_sae(settings, 42, str(DEVICE)), data_provider=iter(()))
     tr.activation_scaler.scaling_factor = settings.d_in ** 0.5 / acts.norm(dim=-1).mean().item()
-    batches = acts[: (len(acts) // batch_size) * batch_size].view(-1, batch_size, acts.shape[-1])
+    batches = acts[: (len(acts) // batch_size) * batch_size].view(-1, batch_size, acts.shape[-1]).to(DEVICE)
     for i in range(2):
         tr.step(batches[i % len(batches)])
     total = 0.0
     for i in range(steps):
         tr.n_forward_passes_since_fired[:n_dead] = 10 ** 7  # a latent that fired would revive
-        t = time.perf_counter()
+        t = sync()
         tr.step(batches[i % len(batches)])
-        total += time.perf_counter() - t
+        total += sync() - t
     return total / steps * 1000
 
 
@@ -224,9 +242,9 @@ class StepTimer:
         self._orig = TopKTrainer.step
 
         def step(tr, batch, _orig=self._orig, steps=self.steps):
-            n_dead, t = int(tr.dead_neurons.sum()), time.perf_counter()
+            n_dead, t = int(tr.dead_neurons.sum()), sync()
             out = _orig(tr, batch)
-            steps.append((n_dead, time.perf_counter() - t))
+            steps.append((n_dead, sync() - t))
             return out
         TopKTrainer.step = step
         return self
@@ -246,11 +264,11 @@ class StepTimer:
 
 def timed_training(model, dataset, seeds, n_tokens, profile, root: Path) -> dict:
     """Wall seconds of one ``train_saes`` call, with its LM and per-seed SAE-step seconds."""
-    t = time.perf_counter()
+    t = sync()
     paths = faithful.train_saes(model, dataset, seeds=seeds, n_tokens=n_tokens, profile=profile,
                                 out_dir=root / f"{profile.compile_lm}-{'-'.join(map(str, seeds))}",
                                 dataset_name="bench", progress=False)
-    wall = time.perf_counter() - t
+    wall = sync() - t
     metas = [storage.read_json(p / train.RUN_FILE) for p in paths]
     return {"wall": wall, "lm": metas[0]["lm_seconds"], "sae": [m["sae_seconds"] for m in metas]}
 
@@ -299,16 +317,21 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=None,
                     help="training tokens per run (default: the profile's, 200,000 at cpu)")
     ap.add_argument("--rounds", type=int, default=5,
-                    help="rounds of (one seed, two seeds) with the LM as the profile runs it (the target's figure)")
+                    help="rounds of (one seed, two seeds) with the LM as the profile runs it "
+                         "(the target's figure; 0 skips them)")
     ap.add_argument("--other-rounds", type=int, default=3,
                     help="rounds with the other LM mode (eager, when the profile compiles), for comparison")
     ap.add_argument("--corpus", default="wikipedia_en_sample")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the LM and the SAEs run")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
 
-    print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}")
+    print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}, device "
+          + (torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"))
     profile = faithful.get_profile(args.profile)
     args.tokens = args.tokens or profile.train_tokens
-    model = faithful.load_model(args.model, device="cpu")
+    model = faithful.load_model(args.model, device=args.device)
     preset = faithful.sae_preset(model, profile)
     hook = faithful.hook_name(model, preset.layer)
     dataset = faithful.load_corpus(args.corpus)
@@ -366,17 +389,21 @@ def main() -> None:
     for n_dead in (0, preset.d_sae // 20, preset.d_sae // 2, 3 * preset.d_sae // 4):
         ref = sae_step_ms(SAETrainer, settings, acts, profile.train_batch_size, n_dead)
         ours = sae_step_ms(TopKTrainer, settings, acts, profile.train_batch_size, n_dead)
-        with torch_kernels():
-            plain = sae_step_ms(TopKTrainer, settings, acts, profile.train_batch_size, n_dead)
-        print(f"  {n_dead:>5} dead latents: SAELens {ref:6.1f}, ours {ours:6.1f} ({ref / ours:.1f}x faster); "
-              f"ours with torch's operations instead of the compiled kernels {plain:6.1f} ({plain / ours:.1f}x)")
+        line = f"  {n_dead:>5} dead latents: SAELens {ref:6.1f}, ours {ours:6.1f} ({ref / ours:.1f}x faster)"
+        if DEVICE.type == "cpu":
+            with torch_kernels():
+                plain = sae_step_ms(TopKTrainer, settings, acts, profile.train_batch_size, n_dead)
+            line += f"; ours with torch's operations instead of the compiled kernels {plain:6.1f} ({plain / ours:.1f}x)"
+        print(line)
 
     print(f"\nSAE training, d_sae {preset.d_sae}, k {preset.k}, {args.tokens:,} tokens, "
           f"batch {profile.train_batch_size}:")
     with tempfile.TemporaryDirectory() as tmp:
         for compiled in ((True, False) if profile.compile_lm else (False,)):
-            seeds_ratio(model, dataset, args.tokens, profile.replace(compile_lm=compiled), Path(tmp) / str(compiled),
-                        args.rounds if compiled == profile.compile_lm else args.other_rounds)
+            rounds = args.rounds if compiled == profile.compile_lm else args.other_rounds
+            if rounds > 0:  # 0: skip (the LM and step figures alone)
+                seeds_ratio(model, dataset, args.tokens, profile.replace(compile_lm=compiled),
+                            Path(tmp) / str(compiled), rounds)
 
 
 if __name__ == "__main__":
