@@ -75,7 +75,7 @@ def matmul_seconds(a: torch.Tensor, b: torch.Tensor, reps: int = 5, trials: int 
 
 
 def bf16_gflops(n: int | None = None, trials: int = 7) -> list[float]:
-    """bf16 matmul GFLOP/s of ``trials`` timings of a 2048² product.
+    """bf16 matmul GFLOP/s of ``trials`` timings of an ``n``² product (2048², 8192² on a GPU).
 
     On this shared machine the median differs by up to 2× from run to run, and a neighbour's burst
     can depress a whole window: the benchmark times this before and after the LM and pools them.

@@ -5,7 +5,6 @@ language model runs without autocast, and every metric moves its tensors to the 
 These tests check that path against references computed on the same GPU (SAELens's own forward
 pass, autograd and trainer) and against the CPU: the same losses, gradients, weights and metrics.
 """
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -17,13 +16,13 @@ from sae_lens.training.sae_trainer import SAETrainer
 import faithful
 from faithful import native, sampling
 from faithful.topk_step import TopKTrainer, topk_losses
+import test_train
+
+SMALL, texts = test_train.SMALL, test_train.texts  # the training tests' settings and toy corpus (a fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 D_IN, D_SAE, K, BATCH = 64, 512, 8, 256
-TEXTS = [f"The {w} sat on the mat number {i}, and then it ran to the {v} garden." for i, (w, v) in
-         enumerate(zip(["cat", "dog", "bird", "fox", "cow"] * 8, ["red", "big", "old", "new"] * 10))]
-SMALL = dict(n_tokens=1536, batch_size=128, d_sae=64, k=4, context_size=32, progress=False)
 
 
 @pytest.fixture(autouse=True)
@@ -124,11 +123,6 @@ def cuda_model():
 @pytest.fixture(scope="module")
 def cpu_model():
     return faithful.load_model("tiny-random", device="cpu", seed=0)
-
-
-@pytest.fixture
-def texts():
-    return datasets.Dataset.from_dict({"text": TEXTS})
 
 
 def test_a_seed_starts_from_the_same_weights_on_every_device():
