@@ -7,22 +7,19 @@ the feature browser) goes through these functions, so the rules live in one plac
 * the forward pass stops right after the hook's layer (``stop_at_layer``) unless logits are needed;
 * position 0, special tokens and padding are masked out by ``faithful.content_mask``;
 * evaluation contexts are packed the same way for every metric (:func:`eval_contexts`);
-* on CPU the language model runs under bf16 autocast by default (≈4.5× faster matmuls here);
-  pass ``autocast=False`` for exact fp32;
-* residual-stream hooks on unpadded contexts are read by :func:`faithful.lm_forward.residual_forward`
-  (TransformerLens's blocks with fused SDPA attention; the same activations, faster); other
-  hooks, and padded batches, by ``run_with_cache``;
-* ``compile=True`` runs the forward pass to a residual-stream hook through ``torch.compile``
-  (:func:`compiled_forward`): on this CPU ≈2.4× the eager speed, because the fp32 elementwise
-  work around the bf16 matmuls (RMSNorm, rotary, reshapes) is fused and the weights are
-  prepacked. It compiles once per model, hook and batch shape (≈1 min for SmolLM2 on 2
-  cores; PyTorch caches compiled code on disk, so a later process compiles faster);
-* glibc is asked to keep freed memory for the next batch (:func:`faithful.lm_forward.keep_freed_memory`).
+* the language model runs in the precision :func:`faithful.precision.choose` picks for its device
+  (bf16 autocast only where bf16 products measured faster); ``autocast=True``/``False`` forces
+  bf16/fp32 for one call;
+* activations are read by ``run_with_cache`` (whole contexts get an all-ones attention mask, so
+  that TransformerLens never guesses padding from the token ids);
+* glibc is asked to keep freed memory for the next batch (:func:`keep_freed_memory`).
 """
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import math
+import os
+import platform
 import re
 import warnings
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .lm_forward import keep_freed_memory, residual_forward, sdpa_view
+from . import precision
 from .models import content_mask, special_token_ids, start_token_id
 
 
@@ -55,14 +52,9 @@ def tokenize_texts(model, texts: Sequence[str], context_size: int) -> tuple[torc
     return tokens, attn
 
 
-def autocast_context(model, autocast: bool | None = None):
-    """bf16 autocast on CPU by default (``autocast=None``); nothing on GPU unless asked."""
-    device = torch.device(model.cfg.device or "cpu")
-    if autocast is None:
-        autocast = device.type == "cpu"
-    if not autocast:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def lm_precision(model, autocast: bool | None = None) -> str:
+    """``"bf16"`` or ``"fp32"``: what ``model`` runs in (:func:`faithful.precision.choose` for its device)."""
+    return precision.choose(model.cfg.device or "cpu", autocast)
 
 
 def layer_of(hook: str) -> int:
@@ -72,98 +64,31 @@ def layer_of(hook: str) -> int:
     return int(m.group(1))
 
 
-_COMPILED_ATTR = "_faithful_compiled"  # on the model: the cache lives and dies with it
-
-
-def residual_stop(hook: str) -> int | None:
-    """``L`` for ``blocks.L.hook_resid_pre``, ``L + 1`` for ``blocks.L.hook_resid_post``, else None."""
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook)
-    return int(m.group(1)) + (m.group(2) == "post") if m else None
-
-
-def compiled_forward(model, hook: str):
-    """``tokens ↦ activations at hook`` through ``torch.compile``, cached per model and hook.
-
-    Only residual-stream hooks (``blocks.L.hook_resid_pre`` / ``hook_resid_post``) are
-    supported: the function is :func:`faithful.lm_forward.residual_forward`, which returns the
-    residual stream where it stops, with no hooks at all. Compiled with inductor's *freezing*,
-    so the model's weights are read once: a model whose weights are then changed needs a new object.
-    """
-    import torch._inductor.config as inductor_config
-
-    stop = residual_stop(hook)
-    if stop is None:
-        raise ValueError(f"compile=True supports residual-stream hooks (blocks.L.hook_resid_pre/post), "
-                         f"not {hook!r}: pass compile=False")
-    per_model = model.__dict__.setdefault(_COMPILED_ATTR, {})
-    if stop not in per_model:
-        view = sdpa_view(model)  # built outside the traced function: copying modules breaks graphs
-
-        def forward(tokens):
-            return residual_forward(view, tokens, stop)
-        compiled = torch.compile(forward, dynamic=False)
-
-        def frozen(tokens):
-            # Freezing makes the weights constants, prepacked for the CPU's bf16 matmul kernels
-            # (+15% here); it must be on when a call compiles (options= does not reach it).
-            # The model's weights must not change afterwards: they are baked in.
-            with inductor_config.patch(freezing=True):
-                return compiled(tokens)
-        per_model[stop] = frozen
-    return per_model[stop]
-
-
-def _run_compiled(fn, toks: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Call ``fn`` on ``toks`` padded to ``batch_size`` rows (one static shape, one compilation)."""
-    n = toks.shape[0]
-    if n < batch_size:
-        toks = torch.cat([toks, toks[-1:].expand(batch_size - n, -1)])
-    from torch._dynamo.exc import BackendCompilerFailed
-    from torch._inductor.exc import InductorError
-
-    try:
-        return fn(toks)[:n]
-    except (BackendCompilerFailed, InductorError) as err:  # inductor needs a C++ compiler on CPU
-        raise RuntimeError(f"torch.compile could not build the language model's kernels: {err}\n"
-                           "Install a C/C++ compiler (e.g. gcc) or run without compiling "
-                           "(compile=False; for training, compile_lm=False in the profile).") from err
-
-
 @torch.no_grad()
 def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: torch.Tensor | None = None,
-                     batch_size: int = 16, autocast: bool | None = None, progress: bool = False,
-                     compile: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
+                     batch_size: int = 16, autocast: bool | None = None, progress: bool = False
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, slice]]:
     """Yield ``(activations [b, pos, d_in] float32, content mask [b, pos], row slice)`` per batch.
 
-    ``compile=True`` uses :func:`compiled_forward` (residual-stream hooks, no attention mask).
+    ``autocast``: None for the precision policy's choice, True/False for bf16/fp32.
     """
     from tqdm.auto import tqdm
 
     special = special_token_ids(model)
     stop = layer_of(hook) + 1
-    resid_stop = residual_stop(hook)
     device = model.cfg.device
+    prec = lm_precision(model, autocast)
     if torch.device(device or "cpu").type == "cpu":
         keep_freed_memory()
-    if compile and attention_mask is not None:
-        raise ValueError("compile=True runs unpadded contexts only: pass attention_mask=None or compile=False")
-    fn = compiled_forward(model, hook) if compile else None
-    view = sdpa_view(model) if fn is None and resid_stop is not None and attention_mask is None else None
     starts = range(0, tokens.shape[0], batch_size)
     for s in tqdm(starts, desc=f"activations {hook}", disable=not progress, leave=False):
         rows = slice(s, min(s + batch_size, tokens.shape[0]))
         toks = tokens[rows].to(device)
         attn = attention_mask[rows].to(device) if attention_mask is not None else None
-        with autocast_context(model, autocast):
-            if fn is not None:
-                acts = _run_compiled(fn, toks, batch_size)
-            elif view is not None:
-                acts = residual_forward(view, toks, resid_stop)
-            else:
-                _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=stop,
-                                                attention_mask=attn)
-                acts = cache[hook]
-        yield acts.float(), content_mask(toks, special, attn), rows
+        with precision.autocast(device, prec):
+            _, cache = model.run_with_cache(toks, names_filter=hook, stop_at_layer=stop,
+                                            attention_mask=torch.ones_like(toks) if attn is None else attn)
+        yield cache[hook].float(), content_mask(toks, special, attn), rows
 
 
 def collect_activations(model, tokens: torch.Tensor, hook: str, **kwargs) -> torch.Tensor:
@@ -261,3 +186,28 @@ def _documents(dataset) -> tuple[Sequence, bool]:
     if "text" in cols:
         return dataset["text"], False
     raise ValueError(f"the dataset has neither a 'token_ids' nor a 'text' column (columns: {cols})")
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_malloc_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed memory for reuse instead of returning it to the kernel (once per process).
+
+    A forward pass frees megabytes of activations per layer; glibc returns such buffers to the
+    kernel and takes them back on the next batch as fresh, zeroed pages (page faults on every
+    batch). Sets mmap threshold 32 MiB (glibc's own upper bound), trim threshold 1 GiB and top
+    pad 256 MiB: the process's resident memory then stays near its peak
+    (``benchmarks/training.py`` measures the language model with and without). Returns whether
+    it applied: not on other C libraries, nor with ``FAITHFUL_MALLOC_TUNING=0``.
+    """
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        if (os.environ.get("FAITHFUL_MALLOC_TUNING", "1") != "0" and platform.system() == "Linux"
+                and platform.libc_ver()[0] == "glibc"):
+            libc = ctypes.CDLL("libc.so.6")
+            _malloc_tuned = all(libc.mallopt(opt, value) == 1 for opt, value in (
+                (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20)))
+    return _malloc_tuned

@@ -35,7 +35,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .activations import iter_activations, random_token_contexts
+from .activations import iter_activations, lm_precision, random_token_contexts
 from .matching import save_result
 from .models import model_name
 from .saes import load_sae, sae_hook
@@ -69,6 +69,8 @@ class FFRResult:
     """Seed of the random tokens."""
     name: str = "ffr"
     """Used for file names by :meth:`save`."""
+    precision: str = ""
+    """The language model's precision, ``bf16`` (autocast) or ``fp32`` (:mod:`faithful.precision`)."""
 
     @property
     def frequencies(self) -> np.ndarray:
@@ -117,7 +119,7 @@ class FFRResult:
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
         d = {"name": self.name, "ratio": self.ratio, "threshold": self.threshold, "unit": self.unit,
              "n_fake": int(len(self.fake_indices)), "d_sae": self.d_sae, "n_sequences": self.n_sequences,
-             "n_tokens": self.n_tokens, "seq_len": self.seq_len, "seed": self.seed,
+             "n_tokens": self.n_tokens, "seq_len": self.seq_len, "seed": self.seed, "precision": self.precision,
              "ratio_other_unit": self.ffr_at(self.threshold, "token" if self.unit == "sequence" else "sequence")}
         if arrays:
             d["sequence_frequencies"] = [round(float(x), 6) for x in self.sequence_frequencies]
@@ -232,33 +234,36 @@ def _random_inputs(model, n_tokens: int | None, seq_len: int, seed: int) -> tupl
     return random_token_contexts(model, n_contexts, seq_len, seed), n_tokens
 
 
-def _results(seq, tok, n_seq, n_tok, names, threshold, unit, seq_len, seed) -> list[FFRResult]:
+def _results(seq, tok, n_seq, n_tok, names, threshold, unit, seq_len, seed, prec) -> list[FFRResult]:
     out = []
     for i, name in enumerate(names):
         sf, tf = seq[i] / n_seq, tok[i] / n_tok
         freq = sf if unit == "sequence" else tf
         out.append(FFRResult(ratio=float((freq > threshold).mean()), threshold=float(threshold), unit=unit,
                              sequence_frequencies=sf, token_frequencies=tf, n_sequences=n_seq,
-                             n_tokens=n_tok, seq_len=seq_len, seed=seed, name=name))
+                             n_tokens=n_tok, seq_len=seq_len, seed=seed, name=name, precision=prec))
     return out
 
 
 def fake_feature_ratio(model, sae, *, n_tokens: int | None = None, seq_len: int = DEFAULT_SEQ_LEN,
                        threshold: float = DEFAULT_THRESHOLD, unit: str = "sequence", seed: int = 0,
                        batch_size: int = 16, progress: bool = False, hook: str | None = None,
-                       name: str = "ffr") -> FFRResult:
+                       name: str = "ffr", autocast: bool | None = None) -> FFRResult:
     """Fake Feature Ratio of ``sae`` (an SAE or checkpoint folder) on ``model`` (module docstring).
 
     ``n_tokens`` random tokens (default: the profile's ``fake_tokens``) in sequences of
     ``seq_len`` tokens (start token included), drawn with ``seed``. The result holds both
-    units' frequencies, so ``ffr_at``/``ffr_curve`` can re-read them at any τ.
+    units' frequencies, so ``ffr_at``/``ffr_curve`` can re-read them at any τ. ``autocast``: None for
+    the precision policy's choice (:mod:`faithful.precision`), True/False for bf16/fp32.
     """
     _check_unit(unit)
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold τ is a frequency in [0, 1), got {threshold}")
     tokens, _ = _random_inputs(model, n_tokens, seq_len, seed)
-    counts = firing_counts(model, [sae], tokens, hook=hook, batch_size=batch_size, progress=progress)
-    return _results(*counts, [name], threshold, unit, seq_len, seed)[0]
+    prec = lm_precision(model, autocast)
+    counts = firing_counts(model, [sae], tokens, hook=hook, batch_size=batch_size, progress=progress,
+                           autocast=prec == "bf16")
+    return _results(*counts, [name], threshold, unit, seq_len, seed, prec)[0]
 
 
 # ----------------------------------------------------------------------------- Table C.2
@@ -310,7 +315,8 @@ class FFRTable:
 
 def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int | None = None,
               seq_len: int = DEFAULT_SEQ_LEN, threshold: float = DEFAULT_THRESHOLD, unit: str = "sequence",
-              seed: int = 0, batch_size: int = 16, progress: bool = False, name: str = "ffr_table") -> FFRTable:
+              seed: int = 0, batch_size: int = 16, progress: bool = False, name: str = "ffr_table",
+              autocast: bool | None = None) -> FFRTable:
     """Table C.2: FFR of every SAE in ``runs`` (dataset → seed SAEs or checkpoint folders, e.g.
     ``faithful.train_corpora(model, profile)``), averaged over seeds.
 
@@ -318,6 +324,7 @@ def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int | None 
     """
     _check_unit(unit)
     tokens, _ = _random_inputs(model, n_tokens, seq_len, seed)
+    prec = lm_precision(model, autocast)
     by_hook: dict[str, list[tuple[Hashable, int, Any]]] = defaultdict(list)
     for ds, saes in runs.items():
         if len(saes) == 0:
@@ -328,9 +335,9 @@ def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int | None 
     results: dict[Hashable, dict[int, FFRResult]] = defaultdict(dict)
     for hook, items in by_hook.items():
         counts = firing_counts(model, [s for *_, s in items], tokens, hook=hook, batch_size=batch_size,
-                               progress=progress)
+                               progress=progress, autocast=prec == "bf16")
         names = [f"{ds}-seed{j}" for ds, j, _ in items]
-        for (ds, j, _), res in zip(items, _results(*counts, names, threshold, unit, seq_len, seed)):
+        for (ds, j, _), res in zip(items, _results(*counts, names, threshold, unit, seq_len, seed, prec)):
             results[ds][j] = res
     ordered = {str(ds): [results[ds][j] for j in sorted(results[ds])] for ds in runs}
     rows = [{"dataset": ds, "ffr": float(np.mean([r.ratio for r in res])), "ffr_seeds": [r.ratio for r in res],

@@ -43,7 +43,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import storage
-from .activations import autocast_context, eval_contexts  # noqa: F401 (eval_contexts: public here too)
+from . import precision
+from .activations import eval_contexts, keep_freed_memory, lm_precision  # noqa: F401 (eval_contexts: public here too)
 from .models import content_mask, model_name, special_token_ids
 from .saes import load_sae, sae_hook
 
@@ -93,6 +94,9 @@ class FidelityResult:
     the batch's median); NaN in results saved before it was measured."""
     n_sinks: int = 0
     """Content tokens counted as sinks (included in every other average)."""
+    precision: str = ""
+    """The language model's precision, ``bf16`` (autocast) or ``fp32`` (:mod:`faithful.precision`);
+    the SAE runs in fp32. Empty in results saved before it was recorded."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +119,7 @@ class FidelityMatrix:
     model: str = ""
     """Name of the language model."""
     settings: dict[str, Any] = field(default_factory=dict)
-    """n_tokens, context_size, seed, autocast – identical for every cell."""
+    """n_tokens, context_size, seed, precision – identical for every cell."""
 
     def values(self, metric: str):
         """``[len(rows), len(columns)]`` numpy array of one metric."""
@@ -284,19 +288,21 @@ def _resume_layer(hook: str) -> int | None:
 
 @torch.no_grad()
 def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *, batch_size: int,
-              autocast: bool | None, progress: bool, desc: str, fast: bool = True) -> dict[str, _Acc]:
+              prec: str, progress: bool, desc: str, fast: bool = True) -> dict[str, _Acc]:
     """Run the clean pass once per batch, then every SAE's spliced pass on it."""
     from tqdm.auto import tqdm
 
     special = special_token_ids(model)
     device = model.cfg.device
+    if torch.device(device or "cpu").type == "cpu":
+        keep_freed_memory()
     accs = {name: _Acc(sae.cfg.d_in) for name, sae in saes.items()}
     resume = _resume_layer(hook) if fast else None
     for s in tqdm(range(0, tokens.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
         toks = tokens[s:s + batch_size].to(device)
         mask = content_mask(toks, special)
         ce_mask = mask[:, :-1]
-        with autocast_context(model, autocast):
+        with precision.autocast(device, prec):
             ce_clean, cache = model.run_with_cache(toks, names_filter=hook, return_type="loss", loss_per_token=True)
         acts = cache[hook]
         clean_sum = ce_clean.float()[ce_mask].double().sum().item()
@@ -304,7 +310,7 @@ def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *
             acc = accs[name]
             if resume is not None:
                 spliced, x, x_hat, latents = _reconstruct(sae, acts, mask, hook)
-                with autocast_context(model, autocast):
+                with precision.autocast(device, prec):
                     ce = model(spliced, start_at_layer=resume, tokens=toks, return_type="loss", loss_per_token=True)
             else:
                 got = {}
@@ -313,7 +319,7 @@ def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *
                     got["r"] = _reconstruct(sae, a, mask, hook.name)
                     return got["r"][0]
 
-                with autocast_context(model, autocast):
+                with precision.autocast(device, prec):
                     ce = model.run_with_hooks(toks, fwd_hooks=[(hook, splice)], return_type="loss",
                                               loss_per_token=True)
                 _, x, x_hat, latents = got["r"]
@@ -331,16 +337,18 @@ def reconstruction_metrics(model, sae, dataset, *, n_tokens: int | None = None, 
     """Clean CE, spliced CE, their difference, L2, explained variance and L0 (module docstring).
 
     ``sae``: a SAELens SAE or a checkpoint folder. ``dataset``: see :func:`eval_contexts`.
-    ``autocast``: bf16 autocast for the language model (default: on CPU); the SAE runs in fp32.
+    ``autocast``: None for the precision policy's choice (:mod:`faithful.precision`), True/False
+    for bf16 autocast/fp32 in the language model; the SAE runs in fp32.
     ``n_tokens``/``context_size`` default to the profile's ``eval_tokens`` and SAE context.
     """
     n_tokens, context_size = _budget(model, n_tokens, context_size)
     sae = load_sae(sae)
     hook = check_sae(model, sae)
     tokens = eval_contexts(model, dataset, n_tokens=n_tokens, context_size=context_size, seed=seed)
-    accs = _evaluate(model, {"sae": sae}, tokens, hook, batch_size=batch_size, autocast=autocast,
+    prec = lm_precision(model, autocast)
+    accs = _evaluate(model, {"sae": sae}, tokens, hook, batch_size=batch_size, prec=prec,
                      progress=progress, desc="fidelity")
-    return accs["sae"].result(sae.cfg.d_in, hook=hook, context_size=context_size, seed=seed,
+    return accs["sae"].result(sae.cfg.d_in, hook=hook, context_size=context_size, seed=seed, precision=prec,
                               sae=sae_label, dataset=dataset_label if dataset_label or not isinstance(dataset, str)
                               else dataset)
 
@@ -366,7 +374,8 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
     if len(set(hooks.values())) > 1:
         raise ValueError(f"all SAEs of a matrix must read the same hook, got {hooks}")
     hook = next(iter(hooks.values()))
-    settings = {"n_tokens": n_tokens, "context_size": context_size, "seed": seed, "autocast": autocast,
+    prec = lm_precision(model, autocast)
+    settings = {"n_tokens": n_tokens, "context_size": context_size, "seed": seed, "precision": prec,
                 "sink_norm_ratio": SINK_NORM_RATIO, "batch_size": batch_size, "hook": hook,
                 "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
     cells: dict[str, dict[str, FidelityResult]] = {r: {} for r in saes}
@@ -376,9 +385,10 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
         col_settings = {**settings, "tokens": _digest(tokens)}
         cached = _load_column(out_dir, col, col_settings, list(saes))
         if cached is None:
-            accs = _evaluate(model, saes, tokens, hook, batch_size=batch_size, autocast=autocast,
+            accs = _evaluate(model, saes, tokens, hook, batch_size=batch_size, prec=prec,
                              progress=progress, desc=col)
             cached = {r: accs[r].result(saes[r].cfg.d_in, hook=hook, context_size=context_size, seed=seed,
+                                        precision=prec,
                                         sae=r, dataset=col) for r in saes}
             if out_dir is not None:
                 storage.write_json(Path(out_dir) / "columns" / f"{_safe(col)}.json",

@@ -57,8 +57,8 @@ def generate_faithful_dataset(model, n_tokens: int, *, out_dir: str | os.PathLik
     ``model``: a loaded model (``faithful.load_model``). ``start``: ``"bos"`` (the paper) or
     ``"flat"``. ``temperature`` > 0 and ``top_p`` in (0, 1] (the paper's defaults are 1 and 1).
     ``max_length``: most generated tokens per document. ``batch_size`` documents are sampled
-    together; one batch is one shard. ``dtype``: default bf16 where fast (see
-    :func:`faithful.sampling.default_dtype`). ``max_shards``: stop after writing this many new
+    together; one batch is one shard. ``dtype``: default the precision policy's
+    choice for the device (:func:`faithful.precision.choose`: bf16 only where it measured faster). ``max_shards``: stop after writing this many new
     shards in this call (time-boxed runs; call again to continue). The dataset ends at the
     first whole shard that reaches ``n_tokens``, so it can exceed it by less than one batch.
     """

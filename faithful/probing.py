@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import storage
-from .activations import iter_activations, tokenize_texts
+from .activations import iter_activations, lm_precision, tokenize_texts
 from .models import model_name
 from .saes import load_sae
 from .tasks import TASKS, ProbeTask, load_task  # noqa: F401 (public here too)
@@ -75,6 +75,8 @@ class ProbeResult:
     """Label of the SAE (its training dataset, in a table)."""
     sae_run: str = ""
     """Which SAE of that label (checkpoint folder or index)."""
+    precision: str = ""
+    """The language model's precision, ``bf16`` (autocast) or ``fp32`` (:mod:`faithful.precision`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,7 +182,7 @@ def task_activations(model, hook: str, task: str, *, n_train: int, n_test: int, 
                      progress: bool = True, cache: bool = True) -> dict[str, Any]:
     """Per-token content activations of a task's train and test texts, computed once and cached.
 
-    Returns ``{"train": {"acts", "offsets", "labels"}, "test": {…}, "source": str}``: ``acts``
+    Returns ``{"train": {"acts", "offsets", "labels"}, "test": {…}, "source": str, "precision": str}``: ``acts``
     ``[n_tokens, d_in]`` (text ``i`` owns rows ``offsets[i]:offsets[i+1]``). Texts without a
     content token are dropped.
     """
@@ -188,9 +190,9 @@ def task_activations(model, hook: str, task: str, *, n_train: int, n_test: int, 
 
     if hook not in model.hook_dict:
         raise ValueError(f"{hook!r} is not a hook of {model_name(model)}")
-    bf16 = int(autocast if autocast is not None else torch.device(model.cfg.device or "cpu").type == "cpu")
+    prec = lm_precision(model, autocast)  # the cache's name records the precision actually used
     path = (storage.results_dir() / "probe_activations" / model_name(model) /
-            f"{task}_{hook}_n{n_train}-{n_test}_s{seed}_c{context_size}_bf16{bf16}.safetensors")
+            f"{task}_{hook}_n{n_train}-{n_test}_s{seed}_c{context_size}_{prec}.safetensors")
     key = str(path)
     if cache and key not in _MEMORY and path.is_file():
         _MEMORY[key] = load_file(path)
@@ -198,7 +200,7 @@ def task_activations(model, hook: str, task: str, *, n_train: int, n_test: int, 
         tr_x, tr_y, te_x, te_y, source = load_task(task, n_train=n_train, n_test=n_test, seed=seed)
         tensors = {}
         for split, texts, labels in (("train", tr_x, tr_y), ("test", te_x, te_y)):
-            acts, offsets, keep = _token_activations(model, hook, texts, context_size, batch_size, autocast,
+            acts, offsets, keep = _token_activations(model, hook, texts, context_size, batch_size, prec == "bf16",
                                                      progress, f"{task} {split}")
             tensors[f"{split}_acts"] = acts
             tensors[f"{split}_offsets"] = offsets
@@ -212,7 +214,7 @@ def task_activations(model, hook: str, task: str, *, n_train: int, n_test: int, 
             _MEMORY[key] = tensors
     t = _MEMORY[key] if cache else tensors
     return {s: {"acts": t[f"{s}_acts"], "offsets": t[f"{s}_offsets"], "labels": t[f"{s}_labels"]}
-            for s in ("train", "test")} | {"source": bytes(t["source"].tolist()).decode()}
+            for s in ("train", "test")} | {"source": bytes(t["source"].tolist()).decode(), "precision": prec}
 
 
 def _token_activations(model, hook, texts, context_size, batch_size, autocast, progress, desc):
@@ -336,7 +338,7 @@ def _probe_on(data, sae, *, task, hook, seed, context_size, C, max_iter, sae_lab
                                                                C=C, max_iter=max_iter)
     return ProbeResult(task=task, accuracy=acc, f1=f1, f1_average=average, n_train=len(tr["labels"]),
                        n_test=len(te["labels"]), hook=hook, seed=seed, context_size=context_size,
-                       source=data["source"], sae=sae_label, sae_run=sae_run)
+                       source=data["source"], sae=sae_label, sae_run=sae_run, precision=data.get("precision", ""))
 
 
 def probe_table(model, saes: Mapping[str, Sequence[Any]], tasks: Sequence[str] = tuple(TASKS), *,

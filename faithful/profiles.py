@@ -37,10 +37,6 @@ class Profile:
     """Tokens per training/evaluation context (None: the preset)."""
     train_batch_size: int = 1024
     """Activation tokens per SAE optimiser step."""
-    compile_lm: bool = True
-    """Compile the language model's forward pass for SAE training (``torch.compile``: ≈2.4× on
-    CPU after a one-off compilation of about 1 min; needs a C/C++ compiler). Off for ``smoke``
-    (tests) and ``paper`` (not yet checked on a GPU)."""
     eval_tokens: int = 20_000
     """Tokens per cell of the reconstruction-faithfulness matrix."""
     fake_tokens: int = 50_000
@@ -70,7 +66,6 @@ PROFILES: dict[str, Profile] = {
         lr=3e-3,
         context_size=64,
         train_batch_size=256,
-        compile_lm=False,
         eval_tokens=2_048,
         fake_tokens=4_096,
         probe_n_train=200,
@@ -92,7 +87,6 @@ PROFILES: dict[str, Profile] = {
         k=None,
         context_size=None,
         train_batch_size=4096,
-        compile_lm=False,
         eval_tokens=1_000_000,
         fake_tokens=1_000_000,
         probe_n_train=100_000,

@@ -14,33 +14,23 @@ logits [B, V]``, ``keep(mask)`` drops rows):
 * :class:`HookedStepper` – the ``HookedTransformer`` itself with TransformerLens's KV cache;
   works for every model ``faithful.load_model`` returns (the tiny test model included).
 
-On CPU with AVX512-BF16/AMX the weights run in bf16 (matmuls ≈4.5× fp32 on the development
-machine); logits are turned to float32 before temperature, top-p and sampling.
+The weights run in the precision :func:`faithful.precision.choose` picks for the device (bf16
+only where bf16 products measured faster); logits are turned to float32 before temperature,
+top-p and sampling.
 """
 from __future__ import annotations
 
 import copy
-import functools
 from pathlib import Path
 
 import torch
 
+from . import precision
+
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
-    """bf16 where it is fast (CUDA with bf16, CPU with AVX512-BF16 or AMX), else float32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: let oneDNN decide
-        return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)())
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """The sampling weights' dtype on ``device``: the precision policy's choice (:func:`faithful.precision.choose`)."""
+    return precision.dtype(precision.choose(device))
 
 
 class HookedStepper:

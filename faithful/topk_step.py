@@ -3,43 +3,31 @@
 SAELens's ``TopKTrainingSAE.training_forward_pass`` works on dense ``[batch, d_sae]`` tensors
 throughout: the ReLU'd TopK activations are scattered into a dense matrix and decoded by a
 dense matmul, the AuxK activations likewise over all latents, and autograd differentiates it
-all. With ``k`` = 32 of 4,608 latents that is almost all zeros, and on a CPU those passes, and
-``torch.topk`` itself, cost more than the encoder's matmul.
+all. With ``k`` = 32 of 4,608 latents that is almost all zeros. :func:`topk_losses` computes the
+same losses and writes their gradients into ``.grad`` without autograd, doing densely only what
+has to be dense (the way EleutherAI's sparsify does it):
 
-:func:`topk_losses` computes the same losses and writes their gradients into ``.grad`` without
-autograd, doing densely only what has to be dense:
-
-* one encoder matmul ``(x - b_dec) @ W_enc`` (bf16 when the trainer autocasts);
-* bias, decoder-norm rescaling and TopK selection in one pass over each row
-  (:func:`faithful.native.bias_topk`);
-* decoding the ``k`` chosen rows of ``W_dec``, the squared error, and the gradient at each chosen
-  activation, row by row (:func:`faithful.native.decode_rows`);
-* both weight gradients, ``W_decᵀ``'s ``Sᵀ ∂out`` and ``W_enc``'s ``xᵀ ∂pre``, in one pass over
-  the chosen entries grouped by latent (:func:`faithful.native.sparse_outer`); ``b_enc``'s is an
-  ``index_add_``, and ``b_dec``'s through the input ``x - b_dec`` is ``-W_enc ∂b_enc``;
+* one encoder matmul ``(x - b_dec) @ W_enc`` (bf16 inputs when the trainer autocasts), then the
+  bias, the decoder-norm rescaling and ``torch.topk``;
+* the decoder as ``embedding_bag`` over the ``k`` chosen rows of ``W_dec``; its own backward gives
+  the gradient at each chosen activation without a ``[batch, d_sae]`` product;
+* both weight gradients, ``W_decᵀ``'s ``Sᵀ ∂out`` and ``W_enc``'s ``xᵀ ∂pre``, as products of the
+  sparse ``[d_sae, batch]`` matrix of chosen entries (CSR, ``k`` per token) with a dense one;
+  ``b_enc``'s is an ``index_add_``, and ``b_dec``'s through the input ``x - b_dec`` is ``-W_enc ∂b_enc``;
 * AuxK: the dead latents' columns, dense (``[batch, n_dead]`` matmuls over their rows only),
-  with all but each row's top ``d_in / 2`` zeroed when there are more (:func:`_aux_k`); their
-  gradient rows and columns are added by ``sparse_outer`` as it writes the weight gradients.
-
-The clipping's gradient norm comes from the kernel that writes the weight gradients: each
-latent's share (``sparse_outer``'s ``latent_sq``), AuxK's included.
-
-Those kernels are compiled C on CPU and torch's operations elsewhere (:mod:`faithful.native`).
-Buffers and gradients are reused from step to step (:class:`Workspace`).
+  with all but each row's top ``d_in / 2`` zeroed when there are more (:func:`_aux_k`).
 
 :class:`TopKTrainer` is SAELens's ``SAETrainer`` (Adam, clipping at 1.0, schedulers, dead-latent
 counters, logging dict) with ``_train_step`` routed through :func:`topk_losses`, Adam's fused
 kernel, and the clipping's scale applied inside it. ``tests/unit/test_topk_step.py`` checks the
 losses and every gradient against SAELens's own forward pass and autograd, and whole optimiser
-steps against SAELens's trainer, with the compiled kernels and without.
+steps against SAELens's trainer.
 """
 from __future__ import annotations
 
-import math
+import warnings
 
 import torch
-
-from . import native
 
 try:
     from sae_lens.saes.sae import TrainStepOutput
@@ -48,24 +36,6 @@ except ImportError as err:  # pragma: no cover - sae_lens is a hard dependency
     raise ImportError("faithful.topk_step needs sae_lens>=6 (pip install -e .)") from err
 
 SUPPORTED_NORMALISATION = ("none", "expected_average_only_in")
-AUX_PAD = 64
-"""AuxK's matmuls run over the dead latents padded with zeros to a multiple of this (see :func:`_aux_k`)."""
-
-
-class Workspace:
-    """Named buffers reused across steps: a fresh 19 MB tensor costs more in page faults on
-    first touch than the arithmetic done in it. A name keeps one flat buffer per dtype and
-    hands out views of any shape that fits."""
-
-    def __init__(self):
-        self._bufs: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, shape, dtype, device) -> torch.Tensor:
-        n, key = math.prod(shape), (name, dtype, torch.device(device))
-        buf = self._bufs.get(key)
-        if buf is None or buf.numel() < n:
-            buf = self._bufs[key] = torch.empty(n, dtype=dtype, device=device)
-        return buf[:n].view(shape)
 
 
 def _grad(p: torch.nn.Parameter) -> torch.Tensor:
@@ -76,17 +46,17 @@ def _grad(p: torch.nn.Parameter) -> torch.Tensor:
 
 
 def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool = False,
-                work: Workspace | None = None, keep_hidden_pre: bool = True) -> dict:
+                keep_hidden_pre: bool = True) -> dict:
     """The losses of SAELens's ``TopKTrainingSAE`` on the (already scaled) batch ``x``, and their
     gradients, written into the parameters' ``.grad`` (overwritten, not accumulated).
 
     Returns a dict with ``loss`` (MSE + AuxK), ``mse_loss``, ``auxiliary_reconstruction_loss``,
     ``sae_out`` ``[batch, d_in]``, ``indices`` and ``acts`` (``[batch, k]``: the chosen latents,
-    in increasing order, and their ReLU'd activations) and ``hidden_pre`` (the rescaled
-    pre-activations, a reused buffer when ``work`` is given; None unless ``keep_hidden_pre``),
-    ``row_sq_err`` (``[batch]``: each row's ``‖sae_out − x‖²``) and ``grad_norm`` (the gradients'
-    global L2 norm, float64), all without autograd. ``dead`` is the trainer's dead-latent mask;
-    ``bf16`` runs the encoder and AuxK matmuls in bf16.
+    in increasing order, and their ReLU'd activations), ``hidden_pre`` (the rescaled
+    pre-activations; None unless ``keep_hidden_pre``), ``row_sq_err`` (``[batch]``: each row's
+    ``‖sae_out − x‖²``) and ``grad_norm`` (the gradients' global L2 norm, float64), all without
+    autograd. ``dead`` is the trainer's dead-latent mask; ``bf16`` runs the encoder and AuxK
+    matmuls on bf16 inputs, as SAELens's trainer does under autocast.
     """
     cfg = sae.cfg
     if cfg.normalize_activations not in SUPPORTED_NORMALISATION:
@@ -95,82 +65,89 @@ def topk_losses(sae, x: torch.Tensor, dead: torch.Tensor | None, *, bf16: bool =
     if cfg.reshape_activations != "none" or x.dim() != 2:
         raise ValueError(f"topk_losses takes a [batch, d_in] batch (reshape_activations='none'), not "
                          f"shape {tuple(x.shape)} with reshape_activations={cfg.reshape_activations!r}")
-    work = work or Workspace()
     with torch.no_grad():
-        return _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre)
+        return _losses_and_grads(sae, x, dead, bf16, keep_hidden_pre)
 
 
-def _losses_and_grads(sae, x, dead, bf16, work, keep_hidden_pre) -> dict:
-    cfg, (batch, d_in), d_sae = sae.cfg, x.shape, sae.cfg.d_sae
+def _losses_and_grads(sae, x, dead, bf16, keep_hidden_pre) -> dict:
+    cfg, batch, d_sae = sae.cfg, x.shape[0], sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     dt, lp = W_enc.dtype, torch.bfloat16 if bf16 else W_enc.dtype
     x = x.to(dt)
-    # One [batch, 2 d_in] buffer holds the MSE's gradient at the output and the encoder's input
-    # side by side: the sparse backward reads both rows of an entry as one contiguous row.
-    g_x = work.get("g_x", (batch, 2 * d_in), dt, x.device)
-    g_out, x_c = g_x[:, :d_in], g_x[:, d_in:]
-    if cfg.apply_b_dec_to_input:
-        torch.sub(x, b_dec, out=x_c)
-    else:
-        x_c.copy_(x)
-    # x - b_dec is rounded to bf16 once, as under SAELens's autocast; in bf16 the two halves are
-    # also kept rounded, side by side, for the sparse backward (half the bytes to read).
-    g_x_lp = g_x if lp == dt else work.get("g_x_lp", (batch, 2 * d_in), lp, x.device)
-    x_lp = x_c if lp == dt else g_x_lp[:, d_in:].copy_(x_c)
+    x_c = x - b_dec if cfg.apply_b_dec_to_input else x
+    x_lp = x_c.to(lp)  # x - b_dec is rounded to bf16 once, as under SAELens's autocast
     # The decoder norm only ranks latents: the decoder reads activation ÷ norm, in which it
     # cancels, so no gradient flows through it (as in SAELens, where it cancels numerically).
     norm = W_dec.norm(dim=-1) if cfg.rescale_acts_by_decoder_norm else None
-    shape = (batch, d_sae)
-    W_lp = W_enc if lp == dt else work.get("W_enc", W_enc.shape, lp, x.device).copy_(W_enc)
-    xw = torch.mm(x_lp, W_lp, out=work.get("xw", shape, lp, x.device))
-    hidden_pre = work.get("hidden_pre", shape, dt, x.device) if keep_hidden_pre else None
-    n_dead = int(dead.sum()) if dead is not None else 0
-    dead_ids = dead.nonzero().squeeze(1) if n_dead else None
-    # The dead latents' pre-activations (for AuxK) are picked while each row is in cache.
-    idx, dead_pre = native.bias_topk(xw, b_enc, norm, cfg.k, out=hidden_pre, cols=dead_ids)
-    raw = xw.gather(1, idx).to(dt) + b_enc[idx]  # the decoder reads relu(raw) (÷ norm cancelled)
-    a = raw.relu()
-    # The decoder, and the backward pass by hand: ∂mse/∂sae_out, ∂mse/∂raw (through the ReLU),
-    # then the decoder's and the encoder's weights (sparse) and the biases.
-    sae_out, sq_err, _, g_raw = native.decode_rows(idx, a, W_dec, b_dec, x, 2 / batch, g=g_out)
+    pre = (x_lp @ W_enc.to(lp)).to(dt) + b_enc  # [batch, d_sae], before the rescaling
+    dead_ids = dead.nonzero().squeeze(1) if dead is not None and bool(dead.any()) else None
+    dead_pre = pre.index_select(1, dead_ids) if dead_ids is not None else None
+    hidden_pre = pre.mul_(norm) if norm is not None else pre
+    idx = hidden_pre.topk(cfg.k, dim=1, sorted=False).indices.sort(dim=1).values
+    raw = hidden_pre.gather(1, idx) / norm[idx] if norm is not None else hidden_pre.gather(1, idx)
+    a = raw.relu()  # what the decoder reads (÷ norm cancelled)
+    sae_out, sq_err, g_out, g_raw = _decode(idx, a, W_dec, b_dec, x, 2 / batch)
     mse = sq_err.mean()
-    grad_W_dec, grad_b_enc = _grad(W_dec), _grad(b_enc)
-    if lp != dt:
-        g_x_lp[:, :d_in].copy_(g_out)
-    aux, extra = mse.new_zeros(()), None
-    if n_dead:  # AuxK's gradient rows and columns for the dead latents, added by sparse_outer
-        aux, extra, g_aux = _aux_k(sae, dead_pre, dead_ids, norm, x_lp, sae_out, x, lp)
-    *_, sq = native.sparse_outer(idx, a, g_raw, g_x_lp[:, :d_in], g_x_lp[:, d_in:], d_sae,
-                                 out=(grad_W_dec, _grad(W_enc)), extra=extra,
-                                 latent_sq=work.get("latent_sq", (2, d_sae), torch.float64, x.device))
-    grad_sq = sq.sum()  # Σ of squared weight gradients, for the clipping's norm without a pass over them
+    # Both weight gradients from the chosen entries: Sᵀ ∂out and (Sᵀ x_c)ᵀ, S sparse [batch, d_sae].
+    grad_W_dec, grad_W_enc, grad_b_enc = _grad(W_dec), _grad(W_enc), _grad(b_enc)
+    S_t = _latent_major(idx, d_sae)
+    torch.mm(S_t(a), g_out, out=grad_W_dec)
+    grad_W_enc.copy_((S_t(g_raw) @ x_lp.to(dt)).T)
     grad_b_enc.zero_().index_add_(0, idx.flatten(), g_raw.flatten())
-    if n_dead:
-        grad_b_enc.index_add_(0, dead_ids, g_aux)
+    aux = mse.new_zeros(())
+    if dead_ids is not None:
+        aux = _aux_k(sae, dead_pre, dead_ids, norm, x_lp, sae_out, x, lp)
     # b_dec: the decoder's bias, and through the encoder's input x - b_dec: -W_enc (Σ ∂hidden_pre).
     grad_b_dec = _grad(b_dec).copy_(g_out.sum(0))
     if cfg.apply_b_dec_to_input:
         grad_b_dec.sub_(W_enc @ grad_b_enc)
-    grad_sq += _sq(grad_b_enc) + _sq(grad_b_dec)
+    grad_norm = torch.stack([torch.linalg.vector_norm(p.grad) for p in sae.parameters()]).double()
     acts = (raw * norm[idx]).relu() if norm is not None else a
     return {"loss": mse + aux, "mse_loss": mse, "auxiliary_reconstruction_loss": aux,
-            "sae_out": sae_out, "indices": idx, "acts": acts, "hidden_pre": hidden_pre,
-            "row_sq_err": sq_err, "grad_norm": grad_sq.clamp_min(0).sqrt()}
+            "sae_out": sae_out, "indices": idx, "acts": acts,
+            "hidden_pre": hidden_pre if keep_hidden_pre else None,
+            "row_sq_err": sq_err, "grad_norm": torch.linalg.vector_norm(grad_norm)}
 
 
-def _sq(t: torch.Tensor) -> torch.Tensor:
-    return t.double().pow(2).sum()
+def _decode(idx, a, W, bias, x, scale):
+    """The decoder ``bias + Σⱼ a[:, j] W[idx[:, j]]`` (``embedding_bag``), each row's squared
+    error, ``g = scale · (out − x)`` and ``⟨g, W[idx]⟩`` where ``a > 0`` (else 0): with ``scale =
+    2 / rows``, the MSE's gradients at the output and at the activations before their ReLU.
+    embedding_bag's own backward gives the latter without a ``[rows, d_sae]`` product."""
+    with torch.enable_grad():
+        w = a.detach().requires_grad_()
+        out = torch.nn.functional.embedding_bag(idx, W.detach(), per_sample_weights=w, mode="sum") + bias
+        err = out.detach() - x
+        g = err * scale
+        (dots,) = torch.autograd.grad(out, w, grad_outputs=g)
+    return out.detach(), err.pow(2).sum(-1), g, dots * (a > 0)
 
 
-def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+def _latent_major(idx: torch.Tensor, n: int):
+    """``values ↦ Sᵀ``: the sparse ``[n, rows]`` CSR matrix holding ``values`` ``[rows, k]`` at
+    ``(idx[i, j], i)``, built from one sort of the entries by latent shared by every ``values``."""
+    rows, k = idx.shape
+    flat = idx.flatten()
+    order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=idx.device)
+    crow[1:] = torch.bincount(flat, minlength=n).cumsum(0)
+    col = order // k
+
+    def build(values: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is not
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow, col, values.flatten()[order], (n, rows), check_invariants=False)
+    return build
+
+
+def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> torch.Tensor:
     """AuxK (Gao et al. App. A.2) as SAELens computes it: each row's top ``d_in / 2`` dead latents,
     without ReLU, reconstruct the live latents' residual ``x - sae_out`` (no gradient through
     it) without bias; scaled by min(n_dead / k_aux, 1).
 
     The dead latents' columns are handled densely (``[batch, n_dead]`` matmuls over their rows
-    only), with the unchosen ones zeroed when there are more than ``k_aux``. Returns the loss,
-    ``(dead_ids, ∂W_dec rows, ∂W_enc columns as rows)`` for :func:`faithful.native.sparse_outer`
-    to add, and ``∂b_enc`` at the dead latents."""
+    only), with the unchosen ones zeroed when there are more than ``k_aux``. Adds their share to
+    the gradients of ``W_dec``, ``W_enc`` and ``b_enc`` and returns the loss."""
     cfg, W_dec = sae.cfg, sae.W_dec
     batch, d_in = x_lp.shape
     k_aux = d_in // 2
@@ -178,28 +155,21 @@ def _aux_k(sae, vals, dead_ids, norm, x_lp, sae_out, x, lp) -> tuple[torch.Tenso
     chosen = None
     if n_dead > k_aux:  # the top k_aux by rescaled pre-activation (hidden_pre's columns), as TopK ranks
         rank = vals if norm is None else vals * norm[dead_ids]
-        chosen = native.topk_mask(rank, k_aux)
-        vals.masked_fill_(~chosen, 0.0)
-    # The dead latents are padded with zeros to a multiple of AUX_PAD: the count changes from step
-    # to step, and oneDNN builds its bf16 kernels for each new shape (4-6 ms for these four matmuls,
-    # against 0.7-1.8 ms for a shape it has seen). The padding's products are zeros.
-    # The activations and their gradient are kept transposed, [n_pad, batch]: oneDNN's bf16
-    # matmuls over a transposed view take 3-4 times as long (0.7 against 0.2 ms here).
-    n_pad = -(-n_dead // AUX_PAD) * AUX_PAD
-    vals_t = vals.new_empty((n_pad, batch), dtype=lp)
-    vals_t[:n_dead] = vals.T
-    vals_t[n_dead:] = 0
-    W_sub = W_dec.new_zeros((n_pad, d_in), dtype=lp)
-    W_sub[:n_dead] = W_dec.index_select(0, dead_ids)
+        chosen = torch.zeros_like(rank, dtype=torch.bool).scatter_(
+            1, rank.topk(k_aux, dim=1, sorted=False).indices, True)
+        vals = vals.masked_fill(~chosen, 0.0)
     coef = cfg.aux_loss_coefficient * min(n_dead / k_aux, 1.0)
-    # recon - (x - sae_out), its squares per row and its gradient, in one pass
-    g_rec, row_sq = native.aux_residual(vals_t.T @ W_sub, sae_out, x, 2 * coef / batch)
-    loss = (coef * row_sq.mean()).to(W_dec.dtype)
-    g_vals_t = W_sub @ g_rec.T  # the padding's rows are zeros
+    W_sub, vals_lp = W_dec.index_select(0, dead_ids).to(lp), vals.to(lp)
+    diff = (vals_lp @ W_sub).to(x.dtype) + (sae_out - x)  # recon − (x − sae_out)
+    loss = coef * diff.pow(2).sum(-1).mean()
+    g_rec = (diff * (2 * coef / batch)).to(lp)
+    g_vals = (g_rec @ W_sub.T).to(x.dtype)
     if chosen is not None:
-        g_vals_t[:n_dead].masked_fill_(~chosen.T, 0.0)
-    rows = ((vals_t @ g_rec)[:n_dead], (g_vals_t @ x_lp)[:n_dead])
-    return loss, (dead_ids, *rows), g_vals_t[:n_dead].sum(1, dtype=sae.b_enc.dtype)
+        g_vals.masked_fill_(~chosen, 0.0)
+    sae.W_dec.grad.index_add_(0, dead_ids, (vals_lp.T @ g_rec).to(x.dtype))
+    sae.W_enc.grad.index_add_(1, dead_ids, (x_lp.T @ g_vals.to(lp)).to(x.dtype))
+    sae.b_enc.grad.index_add_(0, dead_ids, g_vals.sum(0))
+    return loss
 
 
 def sparse_acts(indices: torch.Tensor, acts: torch.Tensor, d_sae: int) -> torch.Tensor:
@@ -221,15 +191,13 @@ class TopKTrainer(SAETrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.work = Workspace()
         if self.sae.W_enc.device.type in ("cpu", "cuda"):  # fused Adam's devices
             for group in self.optimizer.param_groups:  # before the first step creates Adam's state
                 group["foreach"], group["fused"] = None, True
 
     def _clip_and_step(self, sae, max_norm: float, total: torch.Tensor) -> None:
         """SAELens's ``clip_grad_norm_(sae.parameters(), max_norm)`` then Adam's step, for
-        gradients of norm ``total`` (summed as :func:`topk_losses` wrote them: no pass over them
-        here). With fused Adam the clipping's scale is applied by Adam's kernel as it reads the
+        gradients of norm ``total`` (as :func:`topk_losses` returns it). With fused Adam the clipping's scale is applied by Adam's kernel as it reads the
         gradients (its ``grad_scale``, which divides them; set for this step only), saving a read
         and a write of every gradient."""
         grads = [p.grad for p in sae.parameters()]
@@ -246,8 +214,7 @@ class TopKTrainer(SAETrainer):
 
     def _train_step(self, sae, sae_in: torch.Tensor) -> TrainStepOutput:
         sae.train()
-        out = topk_losses(sae, sae_in, self.dead_neurons, bf16=self.cfg.autocast, work=self.work,
-                          keep_hidden_pre=False)
+        out = topk_losses(sae, sae_in, self.dead_neurons, bf16=self.cfg.autocast, keep_hidden_pre=False)
         with torch.no_grad():
             fired = out["indices"][out["acts"] > 0]
             counts = torch.bincount(fired, minlength=sae.cfg.d_sae).to(self.act_freq_scores.dtype)

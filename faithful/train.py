@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from . import storage
+from .activations import lm_precision
 from .fidelity import explained_variance, not_sinks, total_variance
 from .models import hook_name, model_name, sae_preset
 from .runs import (CURVES_FILE, RUN_FILE, dataset_label, list_runs,  # noqa: F401 (public here too)
@@ -84,27 +85,21 @@ class TrainSettings:
     at a quarter of the run for short runs)."""
     block_contexts: int = 64
     """Contexts per shuffle block of the activation stream."""
-    autocast_lm: bool = True
-    """Run the language model under bf16 autocast (CPU)."""
-    autocast_sae: bool = True
-    """Run the SAE's encoder matmuls in bf16 (CPU: ≈4.5× the fp32 matmul speed)."""
-    compile_lm: bool = False
-    """Run the language model through ``torch.compile`` (see ``faithful.activations``); its bf16
-    rounding differs slightly from eager autocast, so it is part of what determines the weights."""
-    lm_forward: str = "faithful.lm_forward.residual_forward/1"
-    """How the activations are computed: TransformerLens's blocks with fused SDPA attention
-    (:mod:`faithful.lm_forward`). Under bf16 autocast its rounding differs slightly from
-    TransformerLens's own attention, so it is part of what determines the weights."""
+    precision: str = "fp32"
+    """``bf16``: the language model under bf16 autocast and the SAE's encoder products in bf16 (as
+    SAELens's trainer autocasts); ``fp32``: both in fp32. The precision policy's choice for the
+    device unless asked (:mod:`faithful.precision`)."""
     profile: str = "cpu"
     """Profile the settings came from."""
-    trainer: str = "faithful.topk_step.TopKTrainer/3"
+    trainer: str = "faithful.topk_step.TopKTrainer/4"
     """The training step's implementation and version (a run made by another is not resumed)."""
 
 
 def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None, lr=None,
                n_tokens=None, context_size=None, batch_size=None, architecture="topk",
                out_dir=None, dataset_name=None, profile=None, progress=True,
-               checkpoint_every=None, overwrite=False, b_dec_init="geometric_median") -> list[Path]:
+               checkpoint_every=None, overwrite=False, b_dec_init="geometric_median",
+               autocast: bool | None = None) -> list[Path]:
     """Train one TopK SAE per seed on ``dataset`` at ``layer``; return their checkpoint folders.
 
     ``dataset`` is a corpus name or path (``faithful.load_corpus``) or a ``datasets.Dataset``
@@ -115,6 +110,8 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     resumable checkpoint is written; Ctrl-C (or Jupyter's interrupt) also writes one after the
     current step, then stops. ``overwrite=True`` retrains runs whose folder holds other settings.
     ``b_dec_init`` starts the decoder bias at the data's geometric median or at zero (:data:`B_DEC_INITS`).
+    ``autocast``: None for the precision policy's choice (:mod:`faithful.precision`), True/False for
+    bf16/fp32 in the language model and the SAE's encoder products.
     """
     from .corpora import load_corpus
     from .profiles import get_profile
@@ -139,7 +136,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
         batch_size=batch_size, architecture=architecture, b_dec_init=b_dec_init,
         dead_feature_window=min(1000, max(1, n_tokens // batch_size // 4)),
         block_contexts=ActivationStream.block_size_for(batch_size, ctx), profile=profile.name,
-        compile_lm=profile.compile_lm)
+        precision=lm_precision(model, autocast))
     dirs = {s: _seed_dir(out_dir, model, dataset_name, hook, s, profile) for s in seeds}
     for folder in dirs.values():  # what a killed run left: temporary folders, a half-swapped one
         storage.recover(folder)
@@ -261,12 +258,12 @@ class _Run:
         device = str(model.cfg.device or "cpu")
         self.stream = ActivationStream(model, contexts, settings.hook,
                                        block_contexts=settings.block_contexts,
-                                       autocast=settings.autocast_lm, compile=settings.compile_lm)
+                                       autocast=settings.precision == "bf16")
         cfg = SAETrainerConfig(
             total_training_samples=self.steps * settings.batch_size,
             train_batch_size_samples=settings.batch_size, lr=settings.lr, lr_end=settings.lr,
             device=device,
-            autocast=settings.autocast_sae, dead_feature_window=settings.dead_feature_window,
+            autocast=settings.precision == "bf16", dead_feature_window=settings.dead_feature_window,
             feature_sampling_window=self.steps + 1)
         self.saes, self.trainers = {}, {}
         for seed in seeds:

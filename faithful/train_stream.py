@@ -5,7 +5,7 @@
   ``context_size - 1`` tokens, each piece prefixed with the start token. Rows with
   ``token_ids`` (a Faithful dataset) are used as generated, not re-tokenised.
 * :class:`ActivationStream` runs the language model once per block of contexts (to the hook's
-  layer only, bf16 autocast on CPU, through ``torch.compile`` when asked), keeps the content
+  layer only, in the run's precision), keeps the content
   positions (``faithful.content_mask``: no position 0, no special token), shuffles the block
   with a generator seeded by ``(data_seed, block)`` and hands out batches that may straddle
   blocks. Its position is two integers, so a resumed run reads exactly the batches an
@@ -82,9 +82,8 @@ class ActivationStream:
     """Shuffled content-position activations at ``hook``, batch by batch (see module docstring)."""
 
     def __init__(self, model, contexts: torch.Tensor, hook: str, *, block_contexts: int,
-                 lm_batch_size: int = LM_BATCH, data_seed: int = 0, autocast: bool | None = None,
-                 compile: bool = False):
-        self.model, self.contexts, self.hook, self.compile = model, contexts, hook, compile
+                 lm_batch_size: int = LM_BATCH, data_seed: int = 0, autocast: bool | None = None):
+        self.model, self.contexts, self.hook = model, contexts, hook
         self.block_contexts, self.lm_batch_size = max(1, block_contexts), lm_batch_size
         self.data_seed, self.autocast = data_seed, autocast
         self.n_blocks = math.ceil(len(contexts) / self.block_contexts)
@@ -97,7 +96,7 @@ class ActivationStream:
     def block_size_for(batch_size: int, context_size: int, shuffle_batches: int = 8,
                        lm_batch_size: int = LM_BATCH) -> int:
         """Contexts per shuffle block: enough for ``shuffle_batches`` optimiser batches, in whole
-        LM batches (a short last batch would cost a full one when compiled, and waste in eager)."""
+        LM batches (a short last batch wastes a forward pass's fixed costs)."""
         n = math.ceil(shuffle_batches * batch_size / (context_size - 1))
         return lm_batch_size * math.ceil(n / lm_batch_size)
 
@@ -114,8 +113,7 @@ class ActivationStream:
         rows = self.contexts[(block % self.n_blocks) * self.block_contexts:][: self.block_contexts]
         t0 = time.perf_counter()
         parts = [acts[mask] for acts, mask, _ in iter_activations(
-            self.model, rows, self.hook, batch_size=self.lm_batch_size, autocast=self.autocast,
-            compile=self.compile)]
+            self.model, rows, self.hook, batch_size=self.lm_batch_size, autocast=self.autocast)]
         self.lm_seconds += time.perf_counter() - t0
         self.lm_tokens += rows.numel()
         acts = torch.cat(parts)

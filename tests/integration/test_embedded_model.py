@@ -21,12 +21,6 @@ def test_logits_and_residual_match_huggingface(smollm2):
     resid = cache["blocks.22.hook_resid_post"]
     rel = (resid - theirs.hidden_states[23]).norm() / resid.norm()
     assert rel < 1e-4
-    # the fused-attention view the library reads residual hooks through gives the same stream
-    from faithful.lm_forward import residual_forward
-
-    with torch.no_grad():
-        fast = residual_forward(smollm2, tokens, 23)
-    assert (fast - theirs.hidden_states[23]).norm() / resid.norm() < 1e-4
     # the start-token sink the library leaves out everywhere
     norms = resid[0].norm(dim=-1)
     assert norms[0] > 20 * norms[1:].max()

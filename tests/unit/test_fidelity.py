@@ -133,7 +133,7 @@ def test_explained_variance_without_sinks_leaves_out_only_the_outlier_tokens():
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.hook_mlp_out"])
 def test_fast_restart_equals_full_spliced_pass(tiny_model, tokens, hook):
     sae = random_sae(tiny_model.cfg.d_model, hook=hook)
-    kw = dict(batch_size=4, autocast=False, progress=False, desc="t")
+    kw = dict(batch_size=4, prec="fp32", progress=False, desc="t")
     fast, full = (fidelity._evaluate(tiny_model, {"s": sae}, tokens, hook, fast=mode, **kw)["s"].result(
         64, hook=hook, context_size=32, seed=0) for mode in (True, False))
     for k in ("ce_clean", "ce_spliced", "l2", "explained_variance", "l0"):

@@ -1,5 +1,4 @@
-"""The sparse TopK training step against SAELens's own: same losses, gradients and counters,
-with the compiled CPU kernels (faithful.native) and with their torch equivalents."""
+"""The sparse TopK training step against SAELens's own: same losses, gradients and counters."""
 import pytest
 import torch
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -7,7 +6,7 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import TrainStepInput
 from sae_lens.training.sae_trainer import SAETrainer
 
-from faithful.topk_step import TopKTrainer, Workspace, topk_losses
+from faithful.topk_step import TopKTrainer, topk_losses
 
 D_IN, D_SAE, K, BATCH = 16, 96, 4, 64
 
@@ -51,7 +50,7 @@ def _reference(sae, x, dead, autocast=False):
 @pytest.mark.parametrize("n_dead", [0, 3, D_IN // 2 + 2, 60, D_SAE])
 @pytest.mark.parametrize("cfg", [{}, {"rescale_acts_by_decoder_norm": False}, {"apply_b_dec_to_input": False},
                                  {"rescale_acts_by_decoder_norm": False, "apply_b_dec_to_input": False}])
-def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg, kernels):
+def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg):
     sae = _sae(**cfg)
     x = torch.randn(BATCH, D_IN) * 2
     dead = _dead(n_dead) if n_dead else None
@@ -72,7 +71,7 @@ def test_losses_and_gradients_equal_saelens_in_fp32(n_dead, cfg, kernels):
         torch.testing.assert_close(g_ours[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_bf16_step_is_close_to_saelens_autocast(kernels):
+def test_bf16_step_is_close_to_saelens_autocast():
     """Inputs far from the origin, b_dec at their mean: x - b_dec must be rounded, not x."""
     sae = _sae()
     gen = torch.Generator().manual_seed(0)
@@ -93,18 +92,18 @@ def test_bf16_step_is_close_to_saelens_autocast(kernels):
         assert rel < 0.1, name
 
 
-def test_a_reused_workspace_gives_the_same_step():
-    """Buffers and gradients carry over from step to step: a second call on the same batch must
-    give the same numbers (nothing accumulated, nothing stale), and another batch other ones."""
-    sae, work = _sae(), Workspace()
+def test_reused_gradients_give_the_same_step():
+    """Gradients carry over from step to step: a second call on the same batch must give the same
+    numbers (nothing accumulated, nothing stale), and another batch other ones."""
+    sae = _sae()
     x = torch.randn(BATCH, D_IN)
-    first, g_first = _our_grads(sae, x, _dead(60), work=work)
-    topk_losses(sae, x + 1, _dead(3), work=work)
-    again = topk_losses(sae, x, _dead(60), work=work)
+    first, g_first = _our_grads(sae, x, _dead(60))
+    topk_losses(sae, x + 1, _dead(3))
+    again = topk_losses(sae, x, _dead(60))
     for name, p in sae.named_parameters():
         torch.testing.assert_close(p.grad, g_first[name], rtol=0, atol=0, msg=name)
     assert again["loss"].item() == first["loss"].item()
-    assert not torch.equal(topk_losses(sae, x + 1, None, work=work)["sae_out"], first["sae_out"])
+    assert not torch.equal(topk_losses(sae, x + 1, None)["sae_out"], first["sae_out"])
 
 
 def test_hidden_pre_is_only_kept_when_asked():
@@ -122,7 +121,7 @@ def _trainer(cls, sae):
     return tr
 
 
-def test_trainer_steps_match_saelens_trainer(kernels):
+def test_trainer_steps_match_saelens_trainer():
     """Six optimiser steps, dead latents appearing on the way: same counters, weights within Adam's rounding."""
     ref, ours = _trainer(SAETrainer, _sae()), _trainer(TopKTrainer, _sae())
     gen = torch.Generator().manual_seed(0)
