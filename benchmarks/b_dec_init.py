@@ -55,7 +55,7 @@ def main() -> None:
     n_tokens = args.tokens or profile.train_tokens
 
     contexts, _, _ = pack_contexts(model, dataset, preset.context_size, 8192)
-    acts = collect_activations(model, contexts, hook, batch_size=LM_BATCH, compile=profile.compile_lm)
+    acts = collect_activations(model, contexts, hook, batch_size=LM_BATCH)
     acts = acts * (acts.shape[-1] ** 0.5 / acts.norm(dim=-1).mean())
     median = train.geometric_median(acts)
     print(f"{hook}, scaled activations (mean norm sqrt(d_in) = {acts.shape[-1] ** 0.5:.1f}): the geometric "

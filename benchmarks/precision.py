@@ -1,7 +1,7 @@
 """How far bf16 autocast moves the activations and the metrics from fp32 (prints, asserts nothing).
 
-1. Activations at the profile's hook on ``--contexts`` packed contexts of ``--corpus``: eager
-   bf16 and compiled bf16 (how training reads them at the ``cpu`` profile) against fp32, as the
+1. Activations at the profile's hook on ``--contexts`` packed contexts of ``--corpus``: bf16
+   autocast (``autocast=True``, whatever the precision policy picks here) against fp32, as the
    median / 99th percentile / largest relative distance per content token (the sinks' apart:
    tokens whose fp32 norm is over 5× the median), and the distance of the whole batch with the
    share of its squared error that the sinks carry.
@@ -51,15 +51,14 @@ def main() -> None:
     sinks = norms > 5 * norms.median()
     print(f"{hook}, {int(mask.sum()):,} content tokens of {args.corpus}, {int(sinks.sum())} with a norm over "
           f"5x the median (they hold {float((norms[sinks] ** 2).sum() / (norms ** 2).sum()):.0%} of the squared norm)")
-    for label, kw in (("eager bf16", {}), ("compiled bf16", {"compile": True})):
-        err = acts(**kw)[0][mask] - ref
-        per_token = err.norm(dim=-1) / norms
-        q = torch.quantile(per_token, torch.tensor([0.5, 0.99])).tolist()
-        sq = err.norm(dim=-1) ** 2
-        print(f"  {label} vs fp32, per token: median {q[0]:.2%}, 99th percentile {q[1]:.2%}, largest "
-              f"{float(per_token[~sinks].max()):.1%} (sinks: {float(per_token[sinks].max()):.1%}); whole "
-              f"batch {float(err.norm() / ref.norm()):.2%}, {float(sq[sinks].sum() / sq.sum()):.0%} of its "
-              "squared error on the sinks")
+    err = acts(autocast=True)[0][mask] - ref
+    per_token = err.norm(dim=-1) / norms
+    q = torch.quantile(per_token, torch.tensor([0.5, 0.99])).tolist()
+    sq = err.norm(dim=-1) ** 2
+    print(f"  bf16 autocast vs fp32, per token: median {q[0]:.2%}, 99th percentile {q[1]:.2%}, largest "
+          f"{float(per_token[~sinks].max()):.1%} (sinks: {float(per_token[sinks].max()):.1%}); whole "
+          f"batch {float(err.norm() / ref.norm()):.2%}, {float(sq[sinks].sum() / sq.sum()):.0%} of its "
+          "squared error on the sinks")
 
     path = args.sae
     if path is None:

@@ -198,9 +198,9 @@ def keep_freed_memory() -> bool:
     A forward pass frees megabytes of activations per layer; glibc returns such buffers to the
     kernel and takes them back on the next batch as fresh, zeroed pages (page faults on every
     batch). Sets mmap threshold 32 MiB (glibc's own upper bound), trim threshold 1 GiB and top
-    pad 256 MiB: the process's resident memory then stays near its peak
-    (``benchmarks/training.py`` measures the language model with and without). Returns whether
-    it applied: not on other C libraries, nor with ``FAITHFUL_MALLOC_TUNING=0``.
+    pad 256 MiB: the process's resident memory then stays near its peak (compare the language
+    model's tokens/s in ``benchmarks/training.py`` run with ``FAITHFUL_MALLOC_TUNING=0`` and without).
+    Returns whether it applied: not on other C libraries, nor with ``FAITHFUL_MALLOC_TUNING=0``.
     """
     global _malloc_tuned
     if _malloc_tuned is None:

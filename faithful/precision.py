@@ -106,8 +106,10 @@ def _time_products(dtypes, device: torch.device, reps: int = 5) -> dict[torch.dt
 def product_timing(device: str = "cpu") -> ProductTiming:
     """Time a bf16 and an fp32 product on ``device`` once per process (cached).
 
-    On a CPU without bf16 instructions the bf16 product is not timed (it would be emulated); on
-    CUDA nothing is timed (the GPU's bf16 support decides)."""
+    On a CPU the products run on one thread, so that a busy machine cannot make one dtype look
+    faster: a two-thread product waits for its slower thread, and on a shared CPU that wait
+    differs between kernels. Without bf16 instructions the bf16 product is not timed (it would be
+    emulated); on CUDA nothing is timed (the GPU's bf16 support decides)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         ok = torch.cuda.is_bf16_supported()
@@ -115,8 +117,13 @@ def product_timing(device: str = "cpu") -> ProductTiming:
     if dev.type != "cpu":
         return ProductTiming(str(dev), None, None, False, f"{dev.type}: fp32 unless asked")
     flags = cpu_bf16_flags()
-    with torch.autocast("cpu", enabled=False):
-        rates = _time_products((torch.float32, torch.bfloat16) if flags else (torch.float32,), dev)
+    threads = torch.get_num_threads()
+    try:  # one thread: other processes on the cores slow both dtypes alike, not one thread's wait on the other
+        torch.set_num_threads(1)
+        with torch.autocast("cpu", enabled=False):
+            rates = _time_products((torch.float32, torch.bfloat16) if flags else (torch.float32,), dev)
+    finally:
+        torch.set_num_threads(threads)
     fp32, bf16 = rates[torch.float32], rates.get(torch.bfloat16)
     if bf16 is None:
         return ProductTiming("cpu", fp32, None, False, f"a {platform.machine()} CPU without bf16 instructions")

@@ -1,5 +1,5 @@
-"""Named scales for the whole pipeline: ``smoke`` (tests, nbval), ``cpu`` (a 2-core laptop,
-about half an hour end to end) and ``paper`` (a GPU, the paper's Table 5 budgets).
+"""Named scales for the whole pipeline: ``smoke`` (tests, nbval), ``cpu`` (a 2-core laptop without
+fast bf16, within an hour end to end) and ``paper`` (a GPU, the paper's Table 5 budgets).
 
 Notebooks and the CLI read the profile named by ``FAITHFUL_PROFILE`` (default ``cpu``);
 the test suite sets ``smoke``. Model-specific SAE hyper-parameters (layer, width, k, lr,
@@ -19,13 +19,13 @@ class Profile:
     """Profile name: smoke, cpu or paper."""
     model: str = "smollm2-135m"
     """Model every notebook loads (a name accepted by ``faithful.load_model``)."""
-    faithful_tokens: int = 60_000
+    faithful_tokens: int = 40_000
     """Tokens of Faithful text to sample from the start token."""
     max_length: int = 256
     """Maximum tokens per sampled document (start token excluded)."""
     gen_batch_size: int = 64
     """Sequences sampled in parallel."""
-    train_tokens: int = 200_000
+    train_tokens: int = 100_000
     """Activation tokens each SAE is trained on."""
     d_sae: int | None = 4608
     """SAE width for the embedded model (None: the model's Table 5 preset)."""
@@ -37,13 +37,13 @@ class Profile:
     """Tokens per training/evaluation context (None: the preset)."""
     train_batch_size: int = 1024
     """Activation tokens per SAE optimiser step."""
-    eval_tokens: int = 20_000
+    eval_tokens: int = 10_000
     """Tokens per cell of the reconstruction-faithfulness matrix."""
-    fake_tokens: int = 50_000
+    fake_tokens: int = 20_000
     """Random tokens fed to the model to measure the Fake Feature Ratio."""
-    probe_n_train: int = 2_000
+    probe_n_train: int = 800
     """Training texts per probing task."""
-    probe_n_test: int = 500
+    probe_n_test: int = 400
     """Test texts per probing task."""
     corpora: tuple[str, ...] = ("faithful", "wikipedia_en_sample", "c4_en_train_first1000", "alpaca")
     """Training datasets compared throughout the notebooks."""
@@ -71,10 +71,11 @@ PROFILES: dict[str, Profile] = {
         probe_n_train=200,
         probe_n_test=100,
     ),
-    # 200k tokens are ~195 optimiser steps: at the preset's lr (2e-4, for long runs) the SAE
-    # ended with explained variance 0.15 and 79% dead latents, at 3e-3 with 0.90 and 10% (held-out
-    # Wikipedia activations, layer 22, decoder bias started at zero). With the median start,
-    # 3e-3 gives 0.95 and 4,323 of 4,608 latents firing (benchmarks/b_dec_init.py).
+    # Sized for `make demo` within an hour on a 2-core CPU with AVX2 only, where the model runs in
+    # fp32 (the README lists each notebook's time). 100k tokens are ~97 optimiser steps per SAE,
+    # half of what this profile trained on before: at the preset's lr (2e-4, for long runs) an SAE
+    # this short barely moves, so lr is 3e-3 (200k tokens at 3e-3 gave explained variance 0.95 on
+    # held-out Wikipedia activations and 4,323 of 4,608 latents firing; benchmarks/b_dec_init.py).
     "cpu": Profile(name="cpu", lr=3e-3),
     "paper": Profile(
         name="paper",

@@ -21,6 +21,7 @@ top-p and sampling.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import torch
@@ -74,21 +75,64 @@ class HFStepper:
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(
             str(source), dtype=dtype, attn_implementation="sdpa").to(self.device).eval()
+        if self.device.type == "cpu" and dtype == torch.float32:
+            # Same values, stored [in, out]: MKL multiplies a batch of rows by such a weight
+            # ~15 % faster than by the usual [out, in] one (it needn't transpose it as it packs it),
+            # with bit-identical results.
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.data = module.weight.data.t().contiguous().t()
         self.cache = None
 
     def reset(self, batch: int) -> None:
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         self.cache = DynamicCache(config=self.model.config)
+        self.cache.layers = [_append_in_place_layer()() if type(layer) is DynamicLayer else layer
+                             for layer in self.cache.layers]  # sliding-window layers stay as they are
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=tokens.to(self.device), past_key_values=self.cache,
                          use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
         return out.logits[:, -1].float()
 
     def keep(self, mask: torch.Tensor) -> None:
         self.cache.batch_select_indices(mask.nonzero().squeeze(1).to(self.device))
+
+
+@functools.lru_cache(maxsize=None)
+def _append_in_place_layer() -> type:
+    """The cache layer class :class:`HFStepper` uses (defined on first use: transformers loads lazily)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class AppendInPlace(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values are views of buffers with room to spare.
+
+        ``DynamicLayer`` appends each step's token with ``torch.cat``, copying the whole cache
+        every step; here it is written in place, and a full buffer doubles.
+        """
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n, m = (self.keys.shape[-2] if self.is_initialized else 0), key_states.shape[-2]
+            if not self.is_initialized or n + m > self._k.shape[-2]:
+                room = max(2 * (n + m), 64)
+                self._k = key_states.new_empty(*key_states.shape[:2], room, key_states.shape[-1])
+                self._v = value_states.new_empty(*value_states.shape[:2], room, value_states.shape[-1])
+                if self.is_initialized:
+                    self._k[:, :, :n], self._v[:, :, :n] = self.keys, self.values
+                self.device, self.is_initialized = key_states.device, True
+            self._k[:, :, n:n + m], self._v[:, :, n:n + m] = key_states, value_states
+            self.keys, self.values = self._k[:, :, :n + m], self._v[:, :, :n + m]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                n = self.keys.shape[-2]
+                self._k, self._v = self._k[indices], self._v[indices]
+                self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+    return AppendInPlace
 
 
 def hf_source(model) -> str | None:
@@ -131,7 +175,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    weights = torch.exp(logits - logits.max(dim=-1, keepdim=True).values)
+    weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
     order = None
     if top_p < 1.0:
         weights, order = weights.sort(dim=-1, descending=True)
@@ -139,7 +183,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
         # tokens wholly past the nucleus (up to float rounding); the first one always stays
         beyond = (cum - weights) >= (top_p - 1e-6) * cum[:, -1:]
         weights = weights.masked_fill(beyond, 0.0)
-    cum = weights.cumsum(dim=-1)
+    cum = weights.cumsum_(dim=-1)
     u = torch.rand((cum.shape[0], 1), generator=generator, device=cum.device) * cum[:, -1:]
     idx = torch.searchsorted(cum, u, right=True).clamp_(max=cum.shape[-1] - 1)
     if order is not None:
