@@ -55,21 +55,24 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
+    # The notebooks' code paths, each once, in minutes on a 2-core CPU without fast bf16: two
+    # corpora (every per-corpus step is the same code), a few hundred evaluation tokens per cell.
     "smoke": Profile(
         name="smoke",
         faithful_tokens=2_048,
         max_length=64,
         gen_batch_size=32,
-        train_tokens=8_192,
+        train_tokens=4_096,
         d_sae=256,
         k=8,
         lr=3e-3,
         context_size=64,
         train_batch_size=256,
-        eval_tokens=2_048,
-        fake_tokens=4_096,
-        probe_n_train=200,
-        probe_n_test=100,
+        eval_tokens=512,
+        fake_tokens=1_024,
+        probe_n_train=64,
+        probe_n_test=32,
+        corpora=("faithful", "wikipedia_en_sample"),
     ),
     # Sized for `make demo` within an hour on a 2-core CPU with AVX2 only, where the model runs in
     # fp32 (the README lists each notebook's time). 100k tokens are ~97 optimiser steps per SAE,
