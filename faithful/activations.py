@@ -12,14 +12,10 @@ the feature browser) goes through these functions, so the rules live in one plac
   bf16/fp32 for one call;
 * activations are read by ``run_with_cache`` (whole contexts get an all-ones attention mask, so
   that TransformerLens never guesses padding from the token ids);
-* glibc is asked to keep freed memory for the next batch (:func:`keep_freed_memory`).
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import platform
 import re
 import warnings
 from pathlib import Path
@@ -78,8 +74,6 @@ def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: 
     stop = layer_of(hook) + 1
     device = model.cfg.device
     prec = lm_precision(model, autocast)
-    if torch.device(device or "cpu").type == "cpu":
-        keep_freed_memory()
     starts = range(0, tokens.shape[0], batch_size)
     for s in tqdm(starts, desc=f"activations {hook}", disable=not progress, leave=False):
         rows = slice(s, min(s + batch_size, tokens.shape[0]))
@@ -187,27 +181,3 @@ def _documents(dataset) -> tuple[Sequence, bool]:
         return dataset["text"], False
     raise ValueError(f"the dataset has neither a 'token_ids' nor a 'text' column (columns: {cols})")
 
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_malloc_tuned: bool | None = None
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory for reuse instead of returning it to the kernel (once per process).
-
-    A forward pass frees megabytes of activations per layer; glibc returns such buffers to the
-    kernel and takes them back on the next batch as fresh, zeroed pages (page faults on every
-    batch). Sets mmap threshold 32 MiB (glibc's own upper bound), trim threshold 1 GiB and top
-    pad 256 MiB: the process's resident memory then stays near its peak (compare the language
-    model's tokens/s in ``benchmarks/training.py`` run with ``FAITHFUL_MALLOC_TUNING=0`` and without).
-    Returns whether it applied: not on other C libraries, nor with ``FAITHFUL_MALLOC_TUNING=0``.
-    """
-    global _malloc_tuned
-    if _malloc_tuned is None:
-        _malloc_tuned = False
-        if (os.environ.get("FAITHFUL_MALLOC_TUNING", "1") != "0" and platform.system() == "Linux"
-                and platform.libc_ver()[0] == "glibc"):
-            libc = ctypes.CDLL("libc.so.6")
-            _malloc_tuned = all(libc.mallopt(opt, value) == 1 for opt, value in (
-                (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20)))
-    return _malloc_tuned

@@ -44,7 +44,7 @@ import torch
 
 from . import storage
 from . import precision
-from .activations import eval_contexts, keep_freed_memory, lm_precision  # noqa: F401 (eval_contexts: public here too)
+from .activations import eval_contexts, lm_precision  # noqa: F401 (eval_contexts: public here too)
 from .models import content_mask, model_name, special_token_ids
 from .saes import load_sae, sae_hook
 
@@ -294,8 +294,6 @@ def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *
 
     special = special_token_ids(model)
     device = model.cfg.device
-    if torch.device(device or "cpu").type == "cpu":
-        keep_freed_memory()
     accs = {name: _Acc(sae.cfg.d_in) for name, sae in saes.items()}
     resume = _resume_layer(hook) if fast else None
     for s in tqdm(range(0, tokens.shape[0], batch_size), desc=desc, disable=not progress, leave=False):

@@ -42,15 +42,3 @@ def test_a_tokenizer_that_pads_on_the_left_changes_nothing(tiny_model, monkeypat
     torch.testing.assert_close(A.collect_activations(tiny_model, tokens, "blocks.1.hook_resid_post",
                                                      autocast=False), right)
 
-
-def test_keep_freed_memory_applies_once_and_can_be_turned_off(monkeypatch):
-    import platform
-
-    monkeypatch.setattr(A, "_malloc_tuned", None)
-    monkeypatch.setenv("FAITHFUL_MALLOC_TUNING", "0")
-    assert A.keep_freed_memory() is False
-    monkeypatch.setattr(A, "_malloc_tuned", None)
-    monkeypatch.delenv("FAITHFUL_MALLOC_TUNING")
-    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert A.keep_freed_memory() is glibc
-    assert A.keep_freed_memory() is glibc  # once: the answer is kept
