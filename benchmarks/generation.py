@@ -1,14 +1,19 @@
 """Throughput of Faithful generation against a plain fp32 Hugging Face ``generate`` loop.
 
     python benchmarks/generation.py                       # batch 64, 128 tokens per document
-    python benchmarks/generation.py --batch-size 128 --max-length 256 --backends hf hooked
+    OMP_NUM_THREADS=1 python benchmarks/generation.py --batch-size 64 --max-length 64
 
-Both sample the same number of documents of at most ``--max-length`` tokens from the start
-token, in the same process, one after the other; tokens/s counts generated tokens only (no
-start, stop or padding token). Also printed: the fraction of the bf16 FLOP ceiling
-(``--gflop-per-token`` ≈ 0.27 for SmolLM2-135M with its unembedding; ``--peak-gflops`` ≈ 790
-bf16 on the 2-core development machine), and where the time of one shard goes: forward steps,
-sampling, KV-cache row drops, the rest (Python, decoding, writing), plus torch's op profile.
+One run prints: the precision the policy picks here (``faithful.precision.choose``), the measured
+product ceiling of each precision (a 2048² product; a 256² bf16 one on a CPU without bf16
+instructions, where it is emulated), tokens/s of ``generate_faithful_dataset`` and of
+``model.generate`` and their ratio, and ours as a fraction of the ceiling of the precision it ran
+in (FLOP per token: 2 per weight of every matrix product, the unembedding included). Then where
+the time of one shard goes: forward steps, sampling, KV-cache row drops, the rest, plus torch's
+op profile (``--no-profile`` skips it).
+
+Both sample ``--batch-size`` documents of at most ``--max-length`` tokens from the start token
+at temperature 1 and top-p 1, in the same process, one after the other; tokens/s counts generated
+tokens only (no start, stop or padding token).
 """
 from __future__ import annotations
 
@@ -17,46 +22,67 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 
-def plain_hf_generate(source: str, batch: int, length: int, start: int, stops: list[int]) -> tuple[int, float]:
-    """The baseline: ``model.generate`` in fp32, sampling at temperature 1, top-p 1."""
-    from transformers import AutoModelForCausalLM
+def ceiling_gflops(dtype: torch.dtype, n: int = 2048) -> float:
+    """GFLOP/s of the best of three ``n``² products in ``dtype`` on the CPU, after one untimed."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
 
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+
+def flop_per_token(hf_model) -> int:
+    """2 FLOP per weight of every ``nn.Linear`` a token goes through, the unembedding included
+    (attention's products over the context, which grow with it, are left out)."""
+    return 2 * sum(m.weight.numel() for m in hf_model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def plain_hf_generate(hf, batch: int, length: int, start: int, stops: list[int]) -> tuple[int, float]:
+    """The baseline: ``model.generate`` in fp32, sampling at temperature 1, top-p 1."""
     ids = torch.full((batch, 1), start, dtype=torch.long)
+    kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, eos_token_id=stops,
+                  pad_token_id=stops[0])
     torch.manual_seed(0)
     with torch.inference_mode():
-        hf.generate(input_ids=ids[:2], do_sample=True, max_new_tokens=4, top_k=0,
-                    eos_token_id=stops, pad_token_id=stops[0])  # warm-up
+        hf.generate(input_ids=ids[:2], max_new_tokens=4, **kwargs)  # warm-up
         t0 = time.perf_counter()
-        out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                          temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=length,
-                          eos_token_id=stops, pad_token_id=stops[0])
+        out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=length, **kwargs)
         elapsed = time.perf_counter() - t0
-    new = out[:, 1:]
-    return int((~torch.isin(new, torch.tensor(stops))).sum()), elapsed
+    return int((~torch.isin(out[:, 1:], torch.tensor(stops))).sum()), elapsed
 
 
 def ours(model, batch: int, length: int, backend: str, shards: int, dtype) -> tuple[int, float, float]:
-    """``generate_faithful_dataset`` end to end (model preparation timed apart)."""
-    import faithful
+    """``generate_faithful_dataset`` end to end, less the time it spends loading the model."""
     from faithful import generate
 
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+    setup = []
+    make = generate._make_sampler
+
+    def timed_make(*args):
+        t = time.perf_counter()
+        sampler = make(*args)
+        setup.append(time.perf_counter() - t)
+        return sampler
+
+    common = dict(backend=backend, dtype=dtype, progress=False)
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(generate, "_make_sampler", timed_make):
         generate.generate_faithful_dataset(model, 1, out_dir=Path(tmp) / "warm", max_length=4,
-                                           batch_size=2, backend=backend, dtype=dtype, progress=False)
-        setup = time.perf_counter() - t0  # loading the bf16 copy / HF weights: paid once per call
+                                           batch_size=2, **common)  # warm-up
         t0 = time.perf_counter()
-        path = generate.generate_faithful_dataset(
-            model, batch * length * shards, out_dir=Path(tmp) / "run", max_length=length,
-            batch_size=batch, backend=backend, dtype=dtype, progress=False, max_shards=shards)
-        elapsed = time.perf_counter() - t0 - setup
-        tokens = faithful.generate.read_meta(path)["tokens"]
-    return tokens, elapsed, setup
+        path = generate.generate_faithful_dataset(model, batch * length * shards, out_dir=Path(tmp) / "run",
+                                                  max_length=length, batch_size=batch, max_shards=shards,
+                                                  **common)
+        elapsed = time.perf_counter() - t0 - setup[-1]
+        tokens = generate.read_meta(path)["tokens"]
+    return tokens, elapsed, setup[-1]
 
 
 def breakdown(model, batch: int, length: int, backend: str, dtype) -> None:
@@ -68,37 +94,29 @@ def breakdown(model, batch: int, length: int, backend: str, dtype) -> None:
     sampler = generate._make_sampler(model, settings)
     sampler(0)  # warm-up
     times = {"forward (step)": 0.0, "sampling": 0.0, "cache row drops": 0.0}
-    originals = {}
 
-    def timed(obj, attr, key):
-        fn = getattr(obj, attr)
-        originals[(obj, attr)] = fn
-
+    def timed(fn, key):
         def wrapper(*a, **k):
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
                 times[key] += time.perf_counter() - t
-        setattr(obj, attr, wrapper)
+        return wrapper
 
     stepper_cls = sampling.HFStepper if settings["backend"] == "hf" else sampling.HookedStepper
-    timed(stepper_cls, "step", "forward (step)")
-    timed(stepper_cls, "keep", "cache row drops")
-    timed(sampling, "sample_next", "sampling")
-    t0 = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with mock.patch.object(stepper_cls, "step", timed(stepper_cls.step, "forward (step)")), \
+            mock.patch.object(stepper_cls, "keep", timed(stepper_cls.keep, "cache row drops")), \
+            mock.patch.object(sampling, "sample_next", timed(sampling.sample_next, "sampling")), \
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
         rows = sampler(1)
-    total = time.perf_counter() - t0
-    for (obj, attr), fn in originals.items():
-        setattr(obj, attr, fn)
-    n = sum(map(len, rows))
-    print(f"\n-- one shard, backend {settings['backend']} {settings['dtype']}: {n} tokens in "
-          f"{total:.2f} s (profiler on) --")
+        total = time.perf_counter() - t0
+    print(f"\n-- one shard, backend {settings['backend']} {settings['dtype']}: {sum(map(len, rows))} tokens "
+          f"in {total:.2f} s (profiler on) --")
+    times["other (python)"] = total - sum(times.values())
     for key, t in times.items():
         print(f"  {key:18s} {t:7.2f} s  {100 * t / total:5.1f} %")
-    rest = total - sum(times.values())
-    print(f"  {'other (python)':18s} {rest:7.2f} s  {100 * rest / total:5.1f} %")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
@@ -108,38 +126,43 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--shards", type=int, default=1, help="batches timed for our generator")
-    ap.add_argument("--backends", nargs="+", default=["hf", "hooked"])
-    ap.add_argument("--gflop-per-token", type=float, default=0.27)
-    ap.add_argument("--peak-gflops", type=float, default=790.0)
-    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--backends", nargs="+", default=["hf"], choices=["hf", "hooked"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "auto", "bf16"],
+                    help="ours runs in this (auto: the policy's choice); the baseline is always fp32")
     ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args()
 
     import faithful
-    from faithful import sampling
+    from faithful import precision, sampling
+    from transformers import AutoModelForCausalLM
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}, bf16 fast: {sampling.default_dtype('cpu')}")
+    chosen = precision.choose("cpu")
+    ran = chosen if args.precision == "auto" else args.precision
+    flags = precision.cpu_bf16_flags()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f}, bf16 instructions: {' '.join(flags) or 'none'}")
+    ceilings = {"fp32": ceiling_gflops(torch.float32)}
+    n_bf16 = 2048 if flags else 256  # emulated without bf16 instructions: ~400x slower
+    ceilings["bf16"] = ceiling_gflops(torch.bfloat16, n_bf16)
+    print(f"precision policy picks {chosen}; product ceilings: fp32 {ceilings['fp32']:.0f} GFLOP/s (2048²), "
+          f"bf16 {ceilings['bf16']:.3g} GFLOP/s ({n_bf16}²)")
+
     model = faithful.load_model(args.model, device="cpu")
     B, L = args.batch_size, args.max_length
-    results = {}
-    if not args.no_baseline:
-        source = sampling.hf_source(model)
-        n, t = plain_hf_generate(source, B, L, faithful.start_token_id(model), faithful.stop_token_ids(model))
-        results["plain HF generate fp32"] = n / t
-        print(f"plain HF generate fp32     : {n:6d} tokens in {t:7.2f} s = {n / t:7.1f} tok/s")
+    hf = AutoModelForCausalLM.from_pretrained(sampling.hf_source(model), dtype=torch.float32).eval()
+    gflop = flop_per_token(hf) / 1e9
+    n, t = plain_hf_generate(hf, B, L, faithful.start_token_id(model), faithful.stop_token_ids(model))
+    del hf
+    base = n / t
+    print(f"batch {B}, at most {L} tokens per document; {gflop:.3f} GFLOP per token")
+    print(f"plain HF generate fp32       : {n:6d} tokens in {t:7.2f} s = {base:7.1f} tok/s")
     for backend in args.backends:
-        n, t, setup = ours(model, B, L, backend, args.shards, None)
-        results[f"faithful {backend}"] = n / t
-        frac = n / t * args.gflop_per_token / args.peak_gflops
+        n, t, setup = ours(model, B, L, backend, args.shards, precision.dtype(ran))
         print(f"generate_faithful_dataset {backend:6s}: {n:6d} tokens in {t:7.2f} s = {n / t:7.1f} tok/s "
-              f"({100 * frac:.1f} % of the bf16 ceiling; set-up {setup:.1f} s)")
-    base = results.get("plain HF generate fp32")
-    if base:
-        for k, v in results.items():
-            print(f"  {k:28s} {v / base:5.2f}x the plain loop")
+              f"= {n / t / base:.2f}x the plain loop, {100 * n / t * gflop / ceilings[ran]:.0f} % of the "
+              f"{ran} ceiling (model loading {setup:.1f} s, not counted)")
     if not args.no_profile:
-        breakdown(model, B, L, args.backends[0], None)
+        breakdown(model, B, L, args.backends[0], precision.dtype(ran))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Two interchangeable *steppers* run the model one token at a time (``step(tokens 
 logits [B, V]``, ``keep(mask)`` drops rows):
 
 * :class:`HFStepper` – the plain Hugging Face causal LM behind the model (same weights: for the
-  embedded model the converted folder in ``data/models``), with its ``DynamicCache``. The
-  fastest path on CPU: no hook points, SDPA attention with grouped KV heads.
+  embedded model the converted folder in ``data/models``), with a ``DynamicCache`` that appends
+  in place. The fastest path on CPU: no hook points, SDPA attention with grouped KV heads.
 * :class:`HookedStepper` – the ``HookedTransformer`` itself with TransformerLens's KV cache;
   works for every model ``faithful.load_model`` returns (the tiny test model included).
 
@@ -75,13 +75,6 @@ class HFStepper:
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(
             str(source), dtype=dtype, attn_implementation="sdpa").to(self.device).eval()
-        if self.device.type == "cpu" and dtype == torch.float32:
-            # Same values, stored [in, out]: MKL multiplies a batch of rows by such a weight
-            # ~15 % faster than by the usual [out, in] one (it needn't transpose it as it packs it),
-            # with bit-identical results.
-            for module in self.model.modules():
-                if isinstance(module, torch.nn.Linear):
-                    module.weight.data = module.weight.data.t().contiguous().t()
         self.cache = None
 
     def reset(self, batch: int) -> None:
@@ -110,7 +103,8 @@ def _append_in_place_layer() -> type:
         """A ``DynamicLayer`` whose keys and values are views of buffers with room to spare.
 
         ``DynamicLayer`` appends each step's token with ``torch.cat``, copying the whole cache
-        every step; here it is written in place, and a full buffer doubles.
+        every step; here it is written in place, and a full buffer doubles. HFStepper only
+        appends and drops rows (``update``, ``batch_select_indices``).
         """
 
         def update(self, key_states, value_states, *args, **kwargs):

@@ -58,6 +58,28 @@ def test_sample_batch_stops_at_stop_tokens_and_drops_finished_rows():
     assert len(st.fed) == 5  # no step after the last token
 
 
+def test_hf_cache_layer_holds_what_dynamic_layer_holds():
+    """HFStepper's in-place cache layer against transformers' DynamicLayer (which concatenates):
+    the same keys and values through a multi-token first update, buffer growth past 64 and 130
+    tokens, and row drops before and after growing."""
+    from transformers.cache_utils import DynamicLayer
+
+    ours, ref = sampling._append_in_place_layer()(), DynamicLayer()
+    gen = torch.Generator().manual_seed(0)
+    rows = 5
+    for t in range(150):
+        k, v = (torch.randn(rows, 3, 3 if t == 0 else 1, 8, generator=gen) for _ in range(2))
+        got, want = ours.update(k, v), ref.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        if t in (40, 100, 101):
+            keep = torch.arange(1, rows)  # drop the first row
+            ours.batch_select_indices(keep)
+            ref.batch_select_indices(keep)
+            rows -= 1
+    assert ours.get_seq_length() == ref.get_seq_length() == 152
+    assert torch.equal(ours.keys, ref.keys) and torch.equal(ours.values, ref.values)
+
+
 def test_sample_next_matches_probabilities_temperature_and_top_p():
     p = torch.tensor([0.5, 0.3, 0.2])
     logits = p.log().repeat(20000, 1)
