@@ -81,7 +81,9 @@ def cpu_bf16_flags() -> list[str]:
 def _time_products(dtypes, device: torch.device, reps: int = 5) -> dict[torch.dtype, float]:
     """GFLOP/s of a :data:`PROBE_SHAPE` product in each dtype: the best of ``reps`` timings, taken in
     turns after one untimed call each (a first call pays for kernel set-up; turns share any load
-    from other processes). A product slower than 0.1 s is timed once: it is slow enough to judge."""
+    from other processes). A product slower than 0.1 s is timed once: it is slow enough to judge.
+    On a CPU the products run on one thread: other processes on the cores slow both dtypes alike
+    there, while a two-thread product waits for its slower thread, a wait that differs between kernels."""
     m, k, n = PROBE_SHAPE
     gen = torch.Generator().manual_seed(0)
     a32, b32 = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
@@ -93,12 +95,19 @@ def _time_products(dtypes, device: torch.device, reps: int = 5) -> dict[torch.dt
         torch.mm(*args[dt])
         sync()
         return time.perf_counter() - t
-    best = {dt: once(dt) for dt in dtypes}  # set-up calls; kept only for products slower than 0.1 s
-    timed = [dt for dt in dtypes if best[dt] < 0.1]
-    best.update({dt: float("inf") for dt in timed})
-    for _ in range(reps):
-        for dt in timed:
-            best[dt] = min(best[dt], once(dt))
+    threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        with torch.autocast(device.type, enabled=False):
+            best = {dt: once(dt) for dt in dtypes}  # set-up calls; kept only for products slower than 0.1 s
+            timed = [dt for dt in dtypes if best[dt] < 0.1]
+            best.update({dt: float("inf") for dt in timed})
+            for _ in range(reps):
+                for dt in timed:
+                    best[dt] = min(best[dt], once(dt))
+    finally:
+        torch.set_num_threads(threads)
     return {dt: 2 * m * k * n / t / 1e9 for dt, t in best.items()}
 
 
@@ -106,10 +115,8 @@ def _time_products(dtypes, device: torch.device, reps: int = 5) -> dict[torch.dt
 def product_timing(device: str = "cpu") -> ProductTiming:
     """Time a bf16 and an fp32 product on ``device`` once per process (cached).
 
-    On a CPU the products run on one thread, so that a busy machine cannot make one dtype look
-    faster: a two-thread product waits for its slower thread, and on a shared CPU that wait
-    differs between kernels. Without bf16 instructions the bf16 product is not timed (it would be
-    emulated); on CUDA nothing is timed (the GPU's bf16 support decides)."""
+    On a CPU without bf16 instructions the bf16 product is not timed (it would be emulated); on
+    CUDA nothing is timed (the GPU's bf16 support decides)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         ok = torch.cuda.is_bf16_supported()
@@ -117,13 +124,7 @@ def product_timing(device: str = "cpu") -> ProductTiming:
     if dev.type != "cpu":
         return ProductTiming(str(dev), None, None, False, f"{dev.type}: fp32 unless asked")
     flags = cpu_bf16_flags()
-    threads = torch.get_num_threads()
-    try:  # one thread: other processes on the cores slow both dtypes alike, not one thread's wait on the other
-        torch.set_num_threads(1)
-        with torch.autocast("cpu", enabled=False):
-            rates = _time_products((torch.float32, torch.bfloat16) if flags else (torch.float32,), dev)
-    finally:
-        torch.set_num_threads(threads)
+    rates = _time_products((torch.float32, torch.bfloat16) if flags else (torch.float32,), dev)
     fp32, bf16 = rates[torch.float32], rates.get(torch.bfloat16)
     if bf16 is None:
         return ProductTiming("cpu", fp32, None, False, f"a {platform.machine()} CPU without bf16 instructions")
@@ -169,13 +170,13 @@ def choose(device="cpu", requested: str | bool | None = None) -> str:
         _warned.add(dev)
         bf16 = timing.bf16_gflops
         if bf16 is None:  # not timed for auto (no bf16 instructions): time it for the warning
-            with torch.autocast("cpu", enabled=False):
-                bf16 = _time_products((torch.bfloat16,), torch.device(dev))[torch.bfloat16]
+            bf16 = _time_products((torch.bfloat16,), torch.device(dev))[torch.bfloat16]
+        fp32 = timing.fp32_gflops
+        how = f"{fp32 / bf16:.3g}x slower" if bf16 < fp32 else f"only {bf16 / fp32:.2g}x as fast; auto asks {BF16_MARGIN}x"
         warnings.warn(
             f"bf16 was asked for on {dev}, but there a bf16 matrix product measured {bf16:.3g} GFLOP/s "
-            f"against {timing.fp32_gflops:.3g} in fp32 ({timing.fp32_gflops / bf16:.3g}x slower; "
-            f"{timing.reason}). It runs as asked; {ENV}=auto (or autocast=None) picks the faster one.",
-            RuntimeWarning, stacklevel=2)
+            f"against {fp32:.3g} in fp32 ({how}; {timing.reason}). It runs as asked; {ENV}=auto "
+            "(or autocast=None) picks the faster one.", RuntimeWarning, stacklevel=2)
     return "bf16"
 
 

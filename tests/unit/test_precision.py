@@ -69,6 +69,13 @@ def test_asking_for_slow_bf16_works_with_one_warning(timing):
         assert precision.choose("cpu", "bf16") == "bf16"
 
 
+def test_bf16_just_faster_is_not_enough_for_auto(timing):
+    timing(ProductTiming("cpu", 250.0, 275.0, False, "a test CPU near parity"))
+    assert precision.choose("cpu") == "fp32"
+    with pytest.warns(RuntimeWarning, match=r"only 1\.1x as fast; auto asks 1\.25x"):
+        assert precision.choose("cpu", "bf16") == "bf16"
+
+
 def test_the_real_probe_measures_both_or_says_why_not():
     t = precision.product_timing("cpu")
     assert t.fp32_gflops > 0
