@@ -85,8 +85,9 @@ def ours(model, batch: int, length: int, backend: str, shards: int, dtype) -> tu
     return tokens, elapsed, setup[-1]
 
 
-def breakdown(model, batch: int, length: int, backend: str, dtype) -> None:
-    """Where one shard's time goes (wall-clock per part) and torch's op profile."""
+def breakdown(model, batch: int, length: int, backend: str, dtype, base_rate: float) -> None:
+    """Where one shard's time goes (wall-clock per part) and torch's op profile, and the most any
+    loop could gain over the baseline (``base_rate`` tokens/s) while doing the same matrix products."""
     from faithful import generate, sampling
 
     settings = generate._settings(model, batch * length, "bos", 1.0, 1.0, length, batch, 0,
@@ -118,6 +119,9 @@ def breakdown(model, batch: int, length: int, backend: str, dtype) -> None:
     for key, t in times.items():
         print(f"  {key:18s} {t:7.2f} s  {100 * t / total:5.1f} %")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    products = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm")) / 1e6
+    print(f"matrix products: {products:.2f} s of {total:.2f} s ({100 * products / total:.0f} %); a loop doing "
+          f"only these products would be {sum(map(len, rows)) / products / base_rate:.2f}x the plain loop (its bound here)")
 
 
 def main() -> None:
@@ -151,18 +155,18 @@ def main() -> None:
     B, L = args.batch_size, args.max_length
     hf = AutoModelForCausalLM.from_pretrained(sampling.hf_source(model), dtype=torch.float32).eval()
     gflop = flop_per_token(hf) / 1e9
-    n, t = plain_hf_generate(hf, B, L, faithful.start_token_id(model), faithful.stop_token_ids(model))
+    n, t_base = plain_hf_generate(hf, B, L, faithful.start_token_id(model), faithful.stop_token_ids(model))
     del hf
-    base = n / t
+    base = n / t_base
     print(f"batch {B}, at most {L} tokens per document; {gflop:.3f} GFLOP per token")
-    print(f"plain HF generate fp32       : {n:6d} tokens in {t:7.2f} s = {base:7.1f} tok/s")
+    print(f"plain HF generate fp32       : {n:6d} tokens in {t_base:7.2f} s = {base:7.1f} tok/s")
     for backend in args.backends:
         n, t, setup = ours(model, B, L, backend, args.shards, precision.dtype(ran))
         print(f"generate_faithful_dataset {backend:6s}: {n:6d} tokens in {t:7.2f} s = {n / t:7.1f} tok/s "
               f"= {n / t / base:.2f}x the plain loop, {100 * n / t * gflop / ceilings[ran]:.0f} % of the "
               f"{ran} ceiling (model loading {setup:.1f} s, not counted)")
     if not args.no_profile:
-        breakdown(model, B, L, args.backends[0], precision.dtype(ran))
+        breakdown(model, B, L, args.backends[0], precision.dtype(ran), base)
 
 
 if __name__ == "__main__":
