@@ -4,7 +4,7 @@ NOTEBOOKS ?= $(sort $(wildcard notebooks/0*.ipynb))
 export FAITHFUL_DATA_DIR ?= $(abspath ../shared/data)
 VENV := . .venv/bin/activate &&
 
-.PHONY: setup demo test lab clean-smoke
+.PHONY: setup demo test lab
 setup:
 	@bash scripts/setup.sh
 
@@ -17,7 +17,7 @@ demo: setup
 test: setup
 	$(VENV) FAITHFUL_PROFILE=smoke FAITHFUL_MODELS_DIR=$(abspath data/models) \
 	  FAITHFUL_HOME=$$(mktemp -d) python -m pytest tests notebooks --nbval-lax \
-	  --nbval-current-env --nbval-cell-timeout=900 --sanitize-with tests/nbval_sanitize.cfg \
+	  --nbval-current-env --nbval-cell-timeout=900 \
 	  -p no:cacheprovider $(PYTEST_ARGS)
 
 lab: setup

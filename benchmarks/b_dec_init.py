@@ -1,7 +1,7 @@
 """Decoder-bias start: the data's geometric median against zeros, measured in one run.
 
 Trains one seed at the profile's scale twice on the same corpus, once per ``b_dec_init``
-(:data:`faithful.train.B_DEC_INITS`), and prints for each: dead latents over the run, the
+(:data:`faithful.sae.train.B_DEC_INITS`), and prints for each: dead latents over the run, the
 explained variance of the last tenth of the run (each batch is scored before the step that
 trains on it, so on unseen tokens), and the mean SAE step time, which grows with the number of
 dead latents AuxK has to rank. Then each SAE's reconstruction faithfulness on an evaluation set
@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 
 import faithful
-from faithful import storage, train
+from faithful import storage
+from faithful.sae import train
 from faithful.activations import collect_activations
-from faithful.train_stream import LM_BATCH, pack_contexts
+from faithful.sae.stream import LM_BATCH, pack_contexts
 
 
 def n_live(model, path, dataset, n_tokens: int) -> int:

@@ -61,7 +61,7 @@ def plain_hf_generate(hf, batch: int, length: int, start: int, stops: list[int])
 
 def ours(model, batch: int, length: int, backend: str, shards: int, dtype) -> tuple[int, float, float]:
     """``generate_faithful_dataset`` end to end, less the time it spends loading the model."""
-    from faithful import generate
+    from faithful.data import generate
 
     setup = []
     make = generate._make_sampler
@@ -88,7 +88,7 @@ def ours(model, batch: int, length: int, backend: str, shards: int, dtype) -> tu
 def breakdown(model, batch: int, length: int, backend: str, dtype, base_rate: float) -> None:
     """Where one shard's time goes (wall-clock per part) and torch's op profile, and the most any
     loop could gain over the baseline (``base_rate`` tokens/s) while doing the same matrix products."""
-    from faithful import generate, sampling
+    from faithful.data import generate, sampling
 
     settings = generate._settings(model, batch * length, "bos", 1.0, 1.0, length, batch, 0,
                                   backend, dtype)
@@ -137,7 +137,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import faithful
-    from faithful import precision, sampling
+    from faithful import precision
+    from faithful.data import sampling
     from transformers import AutoModelForCausalLM
 
     chosen = precision.choose("cpu")

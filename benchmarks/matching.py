@@ -43,7 +43,7 @@ def worker(d_sae: int, d_in: int, method: str) -> dict:
     a = torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(0))
     b = torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(1))
     if method == "faithful":
-        from faithful.matching import shared_feature_ratio
+        from faithful.metrics.sfr import shared_feature_ratio
 
         rss0 = _rss_mb()
         t0 = time.perf_counter()

@@ -21,8 +21,8 @@ import torch
 
 import faithful
 from faithful.activations import iter_activations
-from faithful.fidelity import reconstruction_metrics
-from faithful.train_stream import pack_contexts
+from faithful.metrics.fidelity import reconstruction_metrics
+from faithful.sae.stream import pack_contexts
 
 
 def main() -> None:

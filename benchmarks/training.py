@@ -8,7 +8,7 @@
    matmul parameters of blocks 0..layer + causal attention) over the product's rate, timed before
    and after the LM and pooled; median against median, best against best. Target: ≥ 60 %.
 3. One SAE optimiser step on real activations: SAELens's ``SAETrainer`` against ours
-   (:class:`faithful.topk_step.TopKTrainer`) at 0, 5 %, 50 % and 75 % dead latents (AuxK).
+   (:class:`faithful.sae.topk_step.TopKTrainer`) at 0, 5 %, 50 % and 75 % dead latents (AuxK).
 4. Two seeds trained together (one LM pass per batch) against one seed, in alternating rounds:
    wall, LM and SAE-step seconds, and the median of the rounds' ratios. Target: ≤ 1.15×.
 
@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 import faithful
-from faithful import precision, storage, train
+from faithful import precision, storage
+from faithful.sae import train
 from faithful.activations import collect_activations, iter_activations
-from faithful.topk_step import TopKTrainer
-from faithful.train_stream import LM_BATCH, pack_contexts
+from faithful.sae.topk_step import TopKTrainer
+from faithful.sae.stream import LM_BATCH, pack_contexts
 
 DEVICE = torch.device("cpu")
 """Where everything runs (``--device``)."""

@@ -15,24 +15,28 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+from nbclient import NotebookClient
+
+import faithful
+
+from . import storage
+from .data.generate import faithful_dataset_for
+from .data.stats import dataset_stats
+from .models import ensure_embedded_model
+from .sae.train import train_corpora
+
 
 def _model_and_profile(args):
-    import faithful
-
     profile = faithful.get_profile(args.profile, **({"model": args.model} if args.model else {}))
     return faithful.load_model(profile.model), profile
 
 
 def cmd_convert(args) -> None:
-    from .models import ensure_embedded_model
-
     print(ensure_embedded_model())
 
 
 def cmd_generate(args) -> None:
-    from .generate import faithful_dataset_for
-    from .stats import dataset_stats
-
     model, profile = _model_and_profile(args)
     path = faithful_dataset_for(model, profile)
     stats = dataset_stats(model, path)
@@ -41,8 +45,6 @@ def cmd_generate(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import train_corpora
-
     model, profile = _model_and_profile(args)
     for name, paths in train_corpora(model, profile).items():
         for p in paths:
@@ -51,11 +53,6 @@ def cmd_train(args) -> None:
 
 def cmd_notebooks(args) -> None:
     """Execute notebooks in order, writing executed copies to results/notebooks/."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    from . import storage
-
     out_dir = storage.results_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in map(Path, args.paths):

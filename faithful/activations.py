@@ -15,6 +15,7 @@ the feature browser) goes through these functions, so the rules live in one plac
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import warnings
@@ -22,9 +23,40 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from . import precision
-from .models import content_mask, special_token_ids, start_token_id
+from .data.corpora import load_corpus
+from .models import content_mask, non_special_vocab, special_token_ids, start_token_id
+
+SINK_NORM_RATIO = 5.0
+"""A content token whose activation norm exceeds this multiple of its batch's median norm is a
+sink, left out of ``explained_variance_without_sinks``. SmolLM2's sinks are 24–75× the median;
+other tokens stay under 3×."""
+
+
+def not_sinks(x: torch.Tensor) -> torch.Tensor:
+    """``[n]`` bool: the rows of ``x`` ``[n, d]`` whose norm is at most :data:`SINK_NORM_RATIO` × their median."""
+    norms = x.norm(dim=-1)
+    return norms <= SINK_NORM_RATIO * norms.median() if len(norms) else norms.bool()
+
+
+def total_variance(x: torch.Tensor) -> torch.Tensor:
+    """``Σ‖x − x̄‖²`` over the rows of ``x`` (a float64 scalar)."""
+    x64 = x.double()
+    return (x64 - x64.mean(0)).pow(2).sum()
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor | None, total: torch.Tensor | None = None,
+                       row_errors: torch.Tensor | None = None) -> float:
+    """``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` over the rows of ``x`` (float64; NaN for no rows).
+    ``total``: :func:`total_variance` of ``x``, when several reconstructions of one batch share it;
+    ``row_errors``: the rows' ``‖x − x̂‖²``, when the caller has them (``x_hat`` is then not read)."""
+    if not len(x):
+        return float("nan")
+    total = total_variance(x) if total is None else total
+    err = row_errors.double().sum() if row_errors is not None else (x.double() - x_hat.double()).pow(2).sum()
+    return (1 - err / total).item()
 
 
 def tokenize_texts(model, texts: Sequence[str], context_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +85,11 @@ def lm_precision(model, autocast: bool | None = None) -> str:
     return precision.choose(model.cfg.device or "cpu", autocast)
 
 
+def token_digest(tokens: torch.Tensor) -> str:
+    """A short SHA-256 digest of packed token ids: names a training stream or an evaluation set."""
+    return hashlib.sha256(tokens.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 def layer_of(hook: str) -> int:
     m = re.match(r"blocks\.(\d+)\.", hook)
     if not m:
@@ -68,8 +105,6 @@ def iter_activations(model, tokens: torch.Tensor, hook: str, *, attention_mask: 
 
     ``autocast``: None for the precision policy's choice, True/False for bf16/fp32.
     """
-    from tqdm.auto import tqdm
-
     special = special_token_ids(model)
     stop = layer_of(hook) + 1
     device = model.cfg.device
@@ -91,13 +126,6 @@ def collect_activations(model, tokens: torch.Tensor, hook: str, **kwargs) -> tor
     if not parts:
         return torch.empty(0, model.cfg.d_model)
     return torch.cat(parts)
-
-
-def non_special_vocab(model) -> torch.Tensor:
-    """Token ids that are not special tokens: the support of random-token inputs."""
-    special = torch.tensor(special_token_ids(model), dtype=torch.long)
-    ids = torch.arange(model.cfg.d_vocab)
-    return ids[~torch.isin(ids, special)]
 
 
 def random_token_contexts(model, n_contexts: int, context_size: int, seed: int) -> torch.Tensor:
@@ -164,8 +192,6 @@ def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int
 def _documents(dataset) -> tuple[Sequence, bool]:
     """(documents, are_token_ids) from a Dataset, a list of texts or a corpus name/path."""
     if isinstance(dataset, (str, Path)):
-        from .corpora import load_corpus
-
         dataset = load_corpus(dataset)
     if isinstance(dataset, (list, tuple)):
         if not all(isinstance(t, str) for t in dataset):

@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from gguf import GGUFReader
+from huggingface_hub import try_to_load_from_cache
+from tokenizers.processors import TemplateProcessing
+from transformer_lens import HookedTransformer, HookedTransformerConfig, loading_from_pretrained as loading
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from . import storage
 
@@ -77,8 +82,6 @@ def load_model(name: str = EMBEDDED, device: str | None = None, dtype: torch.dty
     ``device`` defaults to CUDA when available. ``seed`` only matters for ``tiny-random``.
     The returned model carries ``model.faithful_name``, the name used in folder paths.
     """
-    from transformer_lens import HookedTransformer
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or torch.float32
     if name == EMBEDDED:
@@ -179,6 +182,13 @@ def stop_token_ids(model) -> list[int]:
     return sorted(ids)
 
 
+def non_special_vocab(model) -> torch.Tensor:
+    """Token ids that are not special tokens: the support of random-token inputs."""
+    special = torch.tensor(special_token_ids(model), dtype=torch.long)
+    ids = torch.arange(model.cfg.d_vocab)
+    return ids[~torch.isin(ids, special)]
+
+
 def content_mask(tokens: torch.Tensor, special_ids, attention_mask: torch.Tensor | None = None
                  ) -> torch.Tensor:
     """Boolean mask [batch, pos] of the positions that count in every activation statistic.
@@ -214,7 +224,6 @@ def ensure_embedded_model() -> Path:
     out = storage.models_dir() / EMBEDDED
     if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf = embedded_gguf_path()
     tok = _gguf_special_tokens(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name), gguf)
@@ -235,8 +244,6 @@ def _gguf_special_tokens(tok, gguf: Path):
     """Set BOS, EOS and PAD to the GGUF file's own ids. Some ``transformers`` versions (5.17 was
     seen) convert SmolLM2's EOS as ``<|im_start|>`` instead of ``<|im_end|>``: sampling would then
     stop at the wrong token."""
-    from gguf import GGUFReader
-
     fields = GGUFReader(str(gguf)).fields
     for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id")):
         field = fields.get(f"tokenizer.ggml.{key}")
@@ -246,8 +253,6 @@ def _gguf_special_tokens(tok, gguf: Path):
 
 
 def load_hf_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
     return _set_document_start(AutoTokenizer.from_pretrained(str(path)))
 
 
@@ -260,8 +265,6 @@ def _set_document_start(tok):
         tok.bos_token = "<|endoftext|>"
         backend = getattr(tok, "_tokenizer", None)
         if backend is not None and backend.post_processor is not None:
-            from tokenizers.processors import TemplateProcessing
-
             eot = ("<|endoftext|>", tok.convert_tokens_to_ids("<|endoftext|>"))
             backend.post_processor = TemplateProcessing(
                 single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B",
@@ -272,10 +275,6 @@ def _set_document_start(tok):
 
 
 def _from_local_dir(path: Path, device: str, dtype: torch.dtype):
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM
-
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
     tok = load_hf_tokenizer(path)
@@ -295,8 +294,6 @@ def _from_local_dir(path: Path, device: str, dtype: torch.dtype):
 
 
 def _tiny_model(device: str, dtype: torch.dtype, seed: int):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     tok = load_hf_tokenizer(ensure_embedded_model())
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=len(tok), n_ctx=256,
@@ -309,8 +306,6 @@ def _tiny_model(device: str, dtype: torch.dtype, seed: int):
 
 # ----------------------------------------------------------------------------- hub models
 def _official_name(name: str) -> str:
-    from transformer_lens import loading_from_pretrained as loading
-
     try:
         return loading.get_official_model_name(name)
     except ValueError:
@@ -326,14 +321,12 @@ def _official_name(name: str) -> str:
 def _check_hub(official: str, timeout: float = 3.0) -> None:
     """Fail within seconds, with the fix, when the hub is needed but unreachable."""
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         if isinstance(try_to_load_from_cache(official, "config.json"), str):
             return  # cached: the offline path works
     except Exception:
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if not offline and _reachable("huggingface.co", 443, timeout):
+    if not offline and hub_reachable("huggingface.co", 443, timeout):
         return
     raise HubUnavailableError(
         f"cannot download {official!r}: the Hugging Face hub is "
@@ -343,7 +336,7 @@ def _check_hub(official: str, timeout: float = 3.0) -> None:
         f"local folder and pass that path, or use the embedded model: load_model({EMBEDDED!r}).")
 
 
-def _reachable(host: str, port: int, timeout: float) -> bool:
+def hub_reachable(host: str, port: int, timeout: float) -> bool:
     result: list[bool] = []
 
     def probe() -> None:

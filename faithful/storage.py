@@ -19,6 +19,7 @@ beside it (a temporary sibling) is tidied by :func:`recover` before the artifact
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -102,8 +103,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     if hasattr(o, "__dataclass_fields__"):
-        import dataclasses
-
         return dataclasses.asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 

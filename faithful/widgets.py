@@ -14,10 +14,13 @@ import html
 from dataclasses import dataclass
 from typing import Sequence
 
+import ipywidgets as W
 import torch
+from IPython.display import display
 
 from .activations import iter_activations, tokenize_texts
-from .saes import load_sae, sae_hook
+from .metrics.sfr import shared_feature_ratio
+from .sae.load import load_sae, sae_hook
 
 
 @dataclass
@@ -132,8 +135,6 @@ class FeatureBrowser:
     def __init__(self, model, sae_a, sae_b, texts: Sequence[str], *, sfr=None, threshold: float = 0.7,
                  context_size: int = 64, n_top: int = 5, names: tuple[str, str] = ("A", "B"),
                  progress: bool = True):
-        from .matching import shared_feature_ratio
-
         sae_a, sae_b = load_sae(sae_a), load_sae(sae_b)
         texts = _check_texts(texts)
         self.model, self.saes, self.names = model, (sae_a, sae_b), names
@@ -183,8 +184,6 @@ class FeatureBrowser:
 
     @property
     def widget(self):
-        import ipywidgets as W
-
         if self._widget is None:
             counts = self.counts()
             category = W.ToggleButtons(options=[(f"{c} ({counts[c]})", c) for c in self.CATEGORIES])
@@ -205,6 +204,4 @@ class FeatureBrowser:
         return self._widget
 
     def _ipython_display_(self):
-        from IPython.display import display
-
         display(self.widget)

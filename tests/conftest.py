@@ -3,6 +3,7 @@ tokenizer); tests marked ``integration`` use the embedded SmolLM2-135M."""
 import os
 
 import pytest
+from toy import toy_dataset
 
 os.environ.setdefault("FAITHFUL_PROFILE", "smoke")
 
@@ -30,3 +31,9 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("FAITHFUL_HOME", str(tmp_path))
     monkeypatch.setenv("FAITHFUL_MODELS_DIR", str(models))
     return tmp_path
+
+
+@pytest.fixture
+def texts():
+    """The toy training corpus (``tests/toy.py``)."""
+    return toy_dataset()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import faithful
-from faithful import sampling
-from faithful.generate import generate_faithful_dataset, load_faithful_dataset, read_meta
+from faithful.data import sampling
+from faithful.data.generate import generate_faithful_dataset, load_faithful_dataset, read_meta
 
 pytestmark = pytest.mark.integration
 
