@@ -1,8 +1,9 @@
 """Named scales for the whole pipeline: ``smoke`` (tests, nbval), ``cpu`` (a 2-core laptop without
 fast bf16, within an hour end to end) and ``paper`` (a GPU, the paper's Table 5 budgets).
 
-Notebooks and the CLI read the profile named by ``FAITHFUL_PROFILE`` (default ``cpu``);
-the test suite sets ``smoke``. Model-specific SAE hyper-parameters (layer, width, k, lr,
+Notebooks and the CLI read the profile named by ``FAITHFUL_PROFILE`` (default ``cpu``) with
+:func:`get_profile` and pass it on; library functions never read the environment (a profile
+argument defaults to ``"cpu"``, the plain default). The test suite sets ``smoke``. Model-specific SAE hyper-parameters (layer, width, k, lr,
 context length) live in :data:`faithful.models.PRESETS`; a profile only sets budgets and,
 for the embedded model, the scaled-down SAE shape.
 """
@@ -100,8 +101,18 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def as_profile(profile: Profile | str) -> Profile:
+    """A :class:`Profile` given as itself or by name (for library functions: reads no environment)."""
+    if isinstance(profile, Profile):
+        return profile
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[profile]
+
+
 def get_profile(name: str | None = None, **overrides) -> Profile:
-    """Return the named profile (default: ``$FAITHFUL_PROFILE`` or ``cpu``), with overrides."""
+    """The named profile (default: ``$FAITHFUL_PROFILE`` or ``cpu``), with overrides, and the model
+    ``$FAITHFUL_MODEL`` names. For notebooks and the CLI; library functions take a profile."""
     name = name or os.environ.get("FAITHFUL_PROFILE", "cpu")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} "

@@ -114,3 +114,11 @@ def test_every_module_imports_in_a_fresh_interpreter():
     names = [m for m in sorted(modules(), key=lambda m: (m.count("."), m)) if m != "faithful.__main__"]
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in names)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_only_notebooks_and_the_cli_read_the_profile_setting():
+    """Library functions take budgets as arguments: only ``config`` and ``__main__`` call
+    ``get_profile`` (which reads ``FAITHFUL_PROFILE``)."""
+    readers = [name for name, path in modules().items() if name not in ("faithful", "faithful.config",
+               "faithful.__main__") and "get_profile(" in path.read_text().replace("faithful.get_profile()", "")]
+    assert readers == []

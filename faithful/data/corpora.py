@@ -2,7 +2,7 @@
 
 ``load_corpus(name_or_path, split=None)`` resolves, in this order:
 
-1. ``"faithful"`` – the Faithful dataset of the current profile's model
+1. ``"faithful"`` – the Faithful dataset of ``model`` at ``profile``'s budget
    (``faithful.generate.faithful_dataset_for``); or a path to a folder holding
    ``faithful_meta.json`` (a Faithful dataset written by ``generate_faithful_dataset``).
 2. A path to a ``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet`` file or a saved HF dataset
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..config import get_profile
+from ..config import as_profile
 from ..models import hub_reachable, load_model
 from . import generate
 from .generate import load_faithful_dataset
@@ -286,7 +286,10 @@ def _holds_no_rows(path: Path) -> bool:
 
 
 def _faithful(model, profile):
-    profile = profile or get_profile()
+    if profile is None:
+        raise ValueError("load_corpus('faithful') needs profile= (its budget: faithful_tokens, max_length), "
+                         "e.g. load_corpus('faithful', model=model, profile=faithful.get_profile())")
+    profile = as_profile(profile)
     if model is None:
         model = load_model(profile.model)
     return _from_path(Path(generate.faithful_dataset_for(model, profile)))

@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import storage
-from ..config import get_profile
+from ..config import as_profile
 from ..models import model_name, non_special_vocab, start_token_id, stop_token_ids
 from . import sampling
 
@@ -95,13 +95,13 @@ def generate_faithful_dataset(model, n_tokens: int, *, out_dir: str | os.PathLik
     return out
 
 
-def faithful_dataset_for(model, profile=None, **overrides) -> Path:
+def faithful_dataset_for(model, profile, **overrides) -> Path:
     """The Faithful dataset of ``model`` at the profile's budget, generated or reused.
 
     Uses the profile's ``faithful_tokens``, ``max_length`` and ``gen_batch_size``;
     ``overrides`` go to :func:`generate_faithful_dataset` (``n_tokens``, ``start``, ``temperature`` …).
     """
-    profile = profile or get_profile()
+    profile = as_profile(profile)
     kwargs = dict(n_tokens=profile.faithful_tokens, max_length=profile.max_length,
                   batch_size=profile.gen_batch_size)
     kwargs.update(overrides)

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from ..activations import iter_activations, lm_precision, random_token_contexts
-from ..config import get_profile
 from ..models import model_name
 from ..sae.load import load_sae, sae_hook
 from .sfr import save_result
@@ -219,9 +218,7 @@ def plot_firing_scatter(random_freq, own_freq, *, threshold: float | None = DEFA
     return ax
 
 
-def _random_inputs(model, n_tokens: int | None, seq_len: int, seed: int) -> tuple[torch.Tensor, int]:
-    if n_tokens is None:
-        n_tokens = get_profile().fake_tokens
+def _random_inputs(model, n_tokens: int, seq_len: int, seed: int) -> tuple[torch.Tensor, int]:
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
     if not 2 <= seq_len <= model.cfg.n_ctx:
@@ -241,14 +238,14 @@ def _results(seq, tok, n_seq, n_tok, names, threshold, unit, seq_len, seed, prec
     return out
 
 
-def fake_feature_ratio(model, sae, *, n_tokens: int | None = None, seq_len: int = DEFAULT_SEQ_LEN,
+def fake_feature_ratio(model, sae, *, n_tokens: int = 8_192, seq_len: int = DEFAULT_SEQ_LEN,
                        threshold: float = DEFAULT_THRESHOLD, unit: str = "sequence", seed: int = 0,
                        batch_size: int = 16, progress: bool = False, hook: str | None = None,
                        name: str = "ffr", autocast: bool | None = None) -> FFRResult:
     """Fake Feature Ratio of ``sae`` (an SAE or checkpoint folder) on ``model`` (module docstring).
 
-    ``n_tokens`` random tokens (default: the profile's ``fake_tokens``) in sequences of
-    ``seq_len`` tokens (start token included), drawn with ``seed``. The result holds both
+    ``n_tokens`` random tokens in sequences of ``seq_len`` tokens (start token included), drawn
+    with ``seed``. The result holds both
     units' frequencies, so ``ffr_at``/``ffr_curve`` can re-read them at any τ. ``autocast``: None for
     the precision policy's choice (:mod:`faithful.precision`), True/False for bf16/fp32.
     """
@@ -307,7 +304,7 @@ class FFRTable:
         return save_result(self, directory, plot)
 
 
-def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int | None = None,
+def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int = 8_192,
               seq_len: int = DEFAULT_SEQ_LEN, threshold: float = DEFAULT_THRESHOLD, unit: str = "sequence",
               seed: int = 0, batch_size: int = 16, progress: bool = False, name: str = "ffr_table",
               autocast: bool | None = None) -> FFRTable:

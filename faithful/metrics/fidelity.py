@@ -48,8 +48,7 @@ from tqdm.auto import tqdm
 
 from .. import precision, storage
 from ..activations import SINK_NORM_RATIO, eval_contexts, lm_precision, not_sinks, token_digest
-from ..config import get_profile
-from ..models import content_mask, model_name, sae_preset, special_token_ids
+from ..models import content_mask, model_name, special_token_ids
 from ..sae.load import load_sae, sae_hook
 
 METRICS = ("explained_variance", "l2", "ce_diff")
@@ -296,7 +295,7 @@ def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *
     return accs
 
 
-def reconstruction_metrics(model, sae, dataset, *, n_tokens: int | None = None, context_size: int | None = None,
+def reconstruction_metrics(model, sae, dataset, *, n_tokens: int = 8_192, context_size: int = 128,
                            batch_size: int = 8,
                            seed: int = 0, autocast: bool | None = None, progress: bool = True,
                            sae_label: str = "", dataset_label: str = "") -> FidelityResult:
@@ -305,9 +304,7 @@ def reconstruction_metrics(model, sae, dataset, *, n_tokens: int | None = None, 
     ``sae``: a SAELens SAE or a checkpoint folder. ``dataset``: see :func:`eval_contexts`.
     ``autocast``: None for the precision policy's choice (:mod:`faithful.precision`), True/False
     for bf16 autocast/fp32 in the language model; the SAE runs in fp32.
-    ``n_tokens``/``context_size`` default to the profile's ``eval_tokens`` and SAE context.
     """
-    n_tokens, context_size = _budget(model, n_tokens, context_size)
     sae = load_sae(sae)
     hook = check_sae(model, sae)
     tokens = eval_contexts(model, dataset, n_tokens=n_tokens, context_size=context_size, seed=seed)
@@ -319,8 +316,8 @@ def reconstruction_metrics(model, sae, dataset, *, n_tokens: int | None = None, 
                               else dataset)
 
 
-def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any], *, n_tokens: int | None = None,
-                    context_size: int | None = None, batch_size: int = 8, seed: int = 0, autocast: bool | None = None,
+def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any], *, n_tokens: int = 8_192,
+                    context_size: int = 128, batch_size: int = 8, seed: int = 0, autocast: bool | None = None,
                     progress: bool = True, out_dir: str | Path | None = None) -> FidelityMatrix:
     """Every SAE (rows) on every evaluation set (columns), same budget and seed in every cell.
 
@@ -332,7 +329,6 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
     """
     if not saes or not eval_sets:
         raise ValueError("fidelity_matrix needs at least one SAE and one evaluation set")
-    n_tokens, context_size = _budget(model, n_tokens, context_size)
     saes = {name: load_sae(s) for name, s in saes.items()}
     hooks = {name: check_sae(model, s) for name, s in saes.items()}
     if len(set(hooks.values())) > 1:
@@ -363,15 +359,6 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
     if out_dir is not None:
         matrix.save(out_dir)
     return matrix
-
-
-def _budget(model, n_tokens, context_size) -> tuple[int, int]:
-    """The profile's ``eval_tokens`` and SAE context length where not given."""
-    if n_tokens is None or context_size is None:
-        prof = get_profile()
-        n_tokens = prof.eval_tokens if n_tokens is None else n_tokens
-        context_size = sae_preset(model, prof).context_size if context_size is None else context_size
-    return int(n_tokens), int(context_size)
 
 
 def _load_column(out_dir, col: str, settings: dict, rows: list[str]) -> dict[str, FidelityResult] | None:

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 
 from .. import storage
 from ..activations import iter_activations, lm_precision, tokenize_texts
-from ..config import get_profile
 from ..data.tasks import TASKS, load_task
 from ..models import model_name
 from ..sae.load import load_sae
@@ -287,19 +286,16 @@ def _np(x):
 
 
 # ----------------------------------------------------------------------------- probes
-def probe(model, sae, task: str, *, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+def probe(model, sae, task: str, *, n_train: int = 800, n_test: int = 400, seed: int = 0,
           context_size: int = 128, C: float = 1.0, max_iter: int = 1000, batch_size: int = 32,
           autocast: bool | None = None, progress: bool = True, sae_label: str = "") -> ProbeResult:
     """Accuracy and F1 of probes on baseline activations, SAE latents and reconstruction.
 
     ``sae``: a SAELens SAE or checkpoint folder; its hook (``cfg.metadata.hook_name``) is where the
-    activations are read. ``n_train``/``n_test`` default to the profile's ``probe_n_train``/``probe_n_test``.
+    activations are read.
     """
     if task not in TASKS:
         raise ValueError(f"unknown probing task {task!r}; choose one of {sorted(TASKS)}")
-    prof = get_profile() if n_train is None or n_test is None else None
-    n_train = n_train if n_train is not None else prof.probe_n_train
-    n_test = n_test if n_test is not None else prof.probe_n_test
     run = str(sae) if isinstance(sae, (str, Path)) else ""
     sae = load_sae(sae)
     hook = check_sae(model, sae)
@@ -331,7 +327,7 @@ def _probe_on(data, sae, *, task, hook, seed, context_size, C, max_iter, sae_lab
 
 
 def probe_table(model, saes: Mapping[str, Sequence[Any]], tasks: Sequence[str] = tuple(TASKS), *,
-                n_train: int | None = None, n_test: int | None = None, seed: int = 0, context_size: int = 128,
+                n_train: int = 800, n_test: int = 400, seed: int = 0, context_size: int = 128,
                 C: float = 1.0, max_iter: int = 1000, batch_size: int = 32, autocast: bool | None = None,
                 progress: bool = True, out_dir: str | Path | None = None) -> ProbeTable:
     """Table C.1: every task × every SAE (``{training dataset: [SAE or folder per seed]}``).
@@ -342,9 +338,6 @@ def probe_table(model, saes: Mapping[str, Sequence[Any]], tasks: Sequence[str] =
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"unknown probing task(s) {bad}; choose from {sorted(TASKS)}")
-    prof = get_profile()
-    n_train = n_train if n_train is not None else prof.probe_n_train
-    n_test = n_test if n_test is not None else prof.probe_n_test
     loaded = {name: [(str(s) if isinstance(s, (str, Path)) else f"#{i}", load_sae(s)) for i, s in enumerate(runs)]
               for name, runs in saes.items()}
     hooks = {check_sae(model, s) for runs in loaded.values() for _, s in runs}

@@ -15,16 +15,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from .. import storage
-from ..config import get_profile
 from ..models import model_name
 
 RUN_FILE = "faithful_run.json"
 CURVES_FILE = "curves.jsonl"
 
 
-def run_dir(model, dataset_name: str, hook: str, seed: int, profile=None) -> Path:
+def run_dir(model, dataset_name: str, hook: str, seed: int, profile) -> Path:
     """``runs/<model>/<dataset>/<hook>/<profile>/seed<N>`` for a loaded model or a model name."""
-    prof = profile if isinstance(profile, str) else (profile or get_profile()).name
+    prof = profile if isinstance(profile, str) else profile.name
     name = model if isinstance(model, str) else model_name(model)
     return storage.runs_dir() / name / dataset_name / hook / prof / f"seed{seed}"
 

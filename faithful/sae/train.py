@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import storage
 from ..activations import explained_variance, lm_precision, not_sinks, total_variance
-from ..config import get_profile
+from ..config import as_profile
 from ..data.corpora import dataset_label, load_corpus
 from ..models import hook_name, model_name, sae_preset
 from .runs import RUN_FILE, read_curves, run_dir, write_curves
@@ -99,15 +99,15 @@ class TrainSettings:
 
 def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None, lr=None,
                n_tokens=None, context_size=None, batch_size=None, architecture="topk",
-               out_dir=None, dataset_name=None, profile=None, progress=True,
+               out_dir=None, dataset_name=None, profile="cpu", progress=True,
                checkpoint_every=None, overwrite=False, b_dec_init="geometric_median",
                autocast: bool | None = None) -> list[Path]:
     """Train one TopK SAE per seed on ``dataset`` at ``layer``; return their checkpoint folders.
 
     ``dataset`` is a corpus name or path (``faithful.load_corpus``) or a ``datasets.Dataset``
     with ``text`` (or ``token_ids``) rows. Arguments left at None come from
-    ``faithful.sae_preset(model, profile)`` and the profile (``train_tokens``,
-    ``train_batch_size``). ``out_dir`` replaces ``runs/`` as the root. ``checkpoint_every``
+    ``faithful.sae_preset(model, profile)`` and ``profile`` (a :class:`faithful.config.Profile` or
+    its name: ``train_tokens``, ``train_batch_size``; it also names the run's folder). ``out_dir`` replaces ``runs/`` as the root. ``checkpoint_every``
     (optimiser steps; default: after ``CHECKPOINT_SECONDS`` of wall time) sets how often a
     resumable checkpoint is written; Ctrl-C (or Jupyter's interrupt) also writes one after the
     current step, then stops. ``overwrite=True`` retrains runs whose folder holds other settings.
@@ -115,7 +115,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     ``autocast``: None for the precision policy's choice (:mod:`faithful.precision`), True/False for
     bf16/fp32 in the language model and the SAE's encoder products.
     """
-    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    profile = as_profile(profile)
     preset = sae_preset(model, profile)
     hook = hook_name(model, preset.layer if layer is None else layer)
     d_sae, k = _given(d_sae, preset.d_sae), _given(k, preset.k)
@@ -146,13 +146,13 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     return [dirs[s] for s in seeds]
 
 
-def train_corpora(model, profile=None, *, progress=True, overwrite=False) -> dict[str, list[Path]]:
+def train_corpora(model, profile, *, progress=True, overwrite=False) -> dict[str, list[Path]]:
     """Train (or reuse) two-seed SAEs on every corpus of ``profile.corpora``; name → folders.
 
     ``"faithful"`` is the profile's Faithful dataset (``faithful.generate.faithful_dataset_for``).
     ``overwrite=True`` retrains runs made with other settings (by default they stop with an error).
     """
-    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    profile = as_profile(profile)
     return {name: train_saes(model, name, seeds=profile.seeds, profile=profile, progress=progress,
                              overwrite=overwrite) for name in profile.corpora}
 

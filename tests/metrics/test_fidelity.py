@@ -280,8 +280,15 @@ def test_bad_inputs(tiny_model):
         run(tiny_model, object())
 
 
-def test_budget_defaults_to_the_profile(tiny_model):
-    prof = faithful.get_profile()
-    n, ctx = fidelity._budget(tiny_model, None, None)
-    assert n == prof.eval_tokens and ctx == faithful.sae_preset(tiny_model, prof).context_size
-    assert fidelity._budget(tiny_model, 10, 16) == (10, 16)
+def test_budget_is_the_arguments_not_the_profile(tiny_model, monkeypatch):
+    """Under any FAITHFUL_PROFILE, a call measures the tokens its arguments say."""
+    texts = [" ".join(TEXTS)] * 40
+
+    def run():
+        return faithful.reconstruction_metrics(tiny_model, identity_sae(tiny_model.cfg.d_model), texts,
+                                               n_tokens=200, context_size=16, progress=False)
+    results = []
+    for name in ("smoke", "paper"):
+        monkeypatch.setenv("FAITHFUL_PROFILE", name)
+        results.append(run())
+    assert results[0] == results[1] and results[0].context_size == 16 and 150 < results[0].n_tokens <= 200
