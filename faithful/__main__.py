@@ -40,7 +40,7 @@ def cmd_generate(args) -> None:
     model, profile = _model_and_profile(args)
     path = faithful_dataset_for(model, profile)
     stats = dataset_stats(model, path)
-    out = stats.save()  # results/<model>/dataset_stats/<dataset folder>/, as notebook 02 writes
+    out = stats.save(storage.result_dir(profile.model, "dataset_stats"))  # where notebook 02 writes
     print(f"dataset: {path}\nstatistics: {out}")
 
 

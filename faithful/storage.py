@@ -23,12 +23,15 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
+
+import matplotlib.pyplot as plt
 
 
 def home() -> Path:
@@ -174,6 +177,42 @@ def deferred_interrupt() -> Iterator[_Interrupt]:
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def slug(name: str) -> str:
+    """A file or folder name without spaces or punctuation: ``faithful (bos, T=1)`` → ``faithful-bos-t-1``."""
+    return re.sub(r"[^a-z0-9._]+", "-", str(name).lower()).strip("-.") or "result"
+
+
+def result_dir(model: str, metric: str) -> Path:
+    """``results/<model>/<metric>/``: where the notebooks and the CLI save one metric's results."""
+    return results_dir() / slug(model) / slug(metric)
+
+
+class Result:
+    """The protocol every result follows (dataclasses with a ``name`` field):
+
+    * ``to_dict()`` – the JSON-ready content (default: every field);
+    * ``figure(**kwargs)`` – a matplotlib figure of it;
+    * ``save(directory, **kwargs)`` – ``<slug(name)>.json`` and ``<slug(name)>.png`` (the figure,
+      drawn with ``kwargs``) in ``directory``, written atomically; returns the JSON's path.
+    """
+
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def figure(self, **kwargs):
+        raise NotImplementedError
+
+    def save(self, directory: str | os.PathLike, **figure_kwargs) -> Path:
+        directory, stem = Path(directory), slug(self.name)
+        path = write_json(directory / f"{stem}.json", self.to_dict())
+        fig = self.figure(**figure_kwargs)
+        save_figure(fig, directory / f"{stem}.png")
+        plt.close(fig)
+        return path
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:

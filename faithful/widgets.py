@@ -124,7 +124,7 @@ def feature_html(model, sae, examples: FeatureExamples, latent: int, *, title: s
 class FeatureBrowser:
     """Shared and orphan features of two SAEs, side by side, in an ipywidgets panel.
 
-    ``sfr`` is a :class:`faithful.matching.SFRResult` for ``(sae_a, sae_b)``; it is computed when
+    ``sfr`` is a :class:`faithful.metrics.sfr.SFRResult` for ``(sae_a, sae_b)``; it is computed when
     omitted. Shared features are listed by descending matched cosine, orphans by ascending
     (the most clearly unmatched first). :meth:`html` gives a page without any widget, for
     scripts and tests; displaying the object in a notebook shows the interactive panel.

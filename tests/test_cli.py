@@ -40,5 +40,5 @@ def test_generate_saves_statistics_where_notebook_02_and_the_readme_say(home, ti
     monkeypatch.setattr(cli, "faithful_dataset_for",
                         lambda model, profile: generate.generate_faithful_dataset(model, **small))
     main(["generate", "--profile", "smoke"])
-    [folder] = (home / "results" / faithful.model_name(tiny_model) / "dataset_stats").iterdir()
-    assert (folder / "dataset_stats.json").is_file() and (folder / "dataset_stats.png").is_file()
+    [saved] = (home / "results" / "smollm2-135m" / "dataset_stats").glob("*.json")  # the smoke profile's model
+    assert saved.with_suffix(".png").is_file()

@@ -80,3 +80,30 @@ def test_deferred_interrupt_flags_the_first_ctrl_c_raises_the_second_and_restore
     thread.start()
     thread.join()
     assert seen == [False] and signal.getsignal(signal.SIGINT) is before  # off the main thread: untouched
+
+
+def test_slug_and_result_dir(home):
+    assert storage.slug("faithful (bos, T=1)") == "faithful-bos-t-1"
+    assert storage.slug("meta-llama/Llama-3.2-1B") == "meta-llama-llama-3.2-1b"
+    assert storage.result_dir("meta-llama/Llama-3.2-1B", "sfr") == home / "results" / "meta-llama-llama-3.2-1b" / "sfr"
+
+
+def test_every_result_follows_one_protocol(tmp_path):
+    import dataclasses
+
+    import matplotlib.figure
+    import numpy as np
+
+    import faithful
+
+    results = [v for k, v in vars(faithful).items() if isinstance(v, type) and dataclasses.is_dataclass(v)
+               and k.endswith(("Result", "Table", "Matrix", "Stats"))]
+    assert len(results) == 9
+    for cls in results:
+        assert issubclass(cls, storage.Result) and "name" in {f.name for f in dataclasses.fields(cls)}, cls
+        assert "save" not in vars(cls) and "plot" not in vars(cls), f"{cls.__name__} has its own save/plot"
+    sims = np.array([0.9, 0.2], dtype=np.float32)
+    r = faithful.SFRResult(0.5, 0.5, 0.5, 0.5, 0.7, np.array([[0, 1], [1, 0]]), sims, 2, 2, name="a pair (T=1)")
+    assert isinstance(r.figure(), matplotlib.figure.Figure)
+    path = r.save(tmp_path)
+    assert path == tmp_path / "a-pair-t-1.json" and path.with_suffix(".png").stat().st_size > 1000

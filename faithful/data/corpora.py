@@ -3,7 +3,7 @@
 ``load_corpus(name_or_path, split=None)`` resolves, in this order:
 
 1. ``"faithful"`` – the Faithful dataset of ``model`` at ``profile``'s budget
-   (``faithful.generate.faithful_dataset_for``); or a path to a folder holding
+   (``faithful.data.generate.faithful_dataset_for``); or a path to a folder holding
    ``faithful_meta.json`` (a Faithful dataset written by ``generate_faithful_dataset``).
 2. A path to a ``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet`` file or a saved HF dataset
    folder. A saved ``DatasetDict`` gives ``split`` (default: ``train``, else its first split);

@@ -26,7 +26,6 @@ Definitions (every percentage is over the model's vocabulary of ``V = d_vocab`` 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from .. import storage
+from ..storage import Result
 from ..models import model_name, special_token_ids, start_token_id
 from .corpora import dataset_label, load_corpus
 from .generate import META_FILE, load_faithful_dataset
@@ -47,7 +47,7 @@ EPSILON = 1e-3
 
 
 @dataclass
-class DatasetStats:
+class DatasetStats(Result):
     """Table 1 / App. C statistics of one corpus for one model."""
 
     name: str
@@ -93,32 +93,16 @@ class DatasetStats:
     rank_curves: dict = field(default_factory=dict)
     """Rank-frequency curves (``model_first``, ``data_first``, ``data_all``): [[rank, p], …], log-spaced ranks."""
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     def row(self) -> dict:
         """The Table 1 columns only."""
         keep = ("name", "total_tokens", "sequences", "length_mean", "unique_tokens",
                 "all_token_coverage", "first_token_coverage", "kl_model_data", "kl_data_model", "js")
         return {k: getattr(self, k) for k in keep}
 
-    def save(self, dir: str | os.PathLike | None = None) -> Path:
-        """Write ``dataset_stats.json`` and ``dataset_stats.png`` into ``dir`` (returned).
-
-        Default: ``results/<model>/dataset_stats/<name>/``.
-        """
-        out = Path(dir) if dir is not None else (
-            storage.results_dir() / self.model / "dataset_stats" / self.name)
-        storage.write_json(out / "dataset_stats.json", self.to_dict())
-        fig = self.figure()
-        storage.save_figure(fig, out / "dataset_stats.png")
-        plt.close(fig)
-        return out
-
     @classmethod
-    def load(cls, dir: str | os.PathLike) -> "DatasetStats":
-        """Read back what :meth:`save` wrote."""
-        return cls(**storage.read_json(Path(dir) / "dataset_stats.json"))
+    def load(cls, path: str | os.PathLike) -> "DatasetStats":
+        """Read back the JSON :meth:`save` wrote."""
+        return cls(**storage.read_json(path))
 
     def figure(self):
         """App. C: top-10 first tokens (model's, corpus's) and rank-frequency curves (log)."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -39,7 +38,7 @@ import torch
 from ..activations import iter_activations, lm_precision, random_token_contexts
 from ..models import model_name
 from ..sae.load import load_sae, sae_hook
-from .sfr import save_result
+from ..storage import Result
 
 UNITS = ("sequence", "token")
 DEFAULT_THRESHOLD = 0.1
@@ -47,7 +46,7 @@ DEFAULT_SEQ_LEN = 32
 
 
 @dataclass
-class FFRResult:
+class FFRResult(Result):
     """Firing frequencies of an SAE's latents on random-token input, and the fake share."""
 
     ratio: float
@@ -100,7 +99,7 @@ class FFRResult:
         above = len(freq) - np.searchsorted(freq, thr, side="right")
         return thr, above / len(freq)
 
-    def plot(self, ax=None, units: Sequence[str] = UNITS):
+    def figure(self, units: Sequence[str] = UNITS, ax=None):
         """FFR as a function of τ for each unit, with this result's τ marked."""
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.5))
@@ -113,7 +112,7 @@ class FFRResult:
         ax.set_ylabel("fake feature ratio")
         ax.set_title(self.name)
         ax.legend(fontsize=8)
-        return ax
+        return ax.figure
 
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
         d = {"name": self.name, "ratio": self.ratio, "threshold": self.threshold, "unit": self.unit,
@@ -124,10 +123,6 @@ class FFRResult:
             d["sequence_frequencies"] = [round(float(x), 6) for x in self.sequence_frequencies]
             d["token_frequencies"] = [round(float(x), 6) for x in self.token_frequencies]
         return d
-
-    def save(self, directory: str | Path, plot: bool = True) -> Path:
-        """Write ``<name>.json`` (and ``<name>.png``, FFR vs τ) into ``directory``."""
-        return save_result(self, directory, plot)
 
     def _freq(self, unit: str | None) -> np.ndarray:
         unit = self.unit if unit is None else _check_unit(unit)
@@ -261,7 +256,7 @@ def fake_feature_ratio(model, sae, *, n_tokens: int = 8_192, seq_len: int = DEFA
 
 # ----------------------------------------------------------------------------- Table C.2
 @dataclass
-class FFRTable:
+class FFRTable(Result):
     """FFR per training dataset, averaged over seeds (App. C.2)."""
 
     rows: list[dict[str, Any]]
@@ -285,7 +280,7 @@ class FFRTable:
             lines.append(f"| {r['dataset']} | {r['ffr']:.{digits}f} | {seeds} |")
         return "\n".join(lines)
 
-    def plot(self, ax=None):
+    def figure(self, ax=None):
         """FFR vs τ, one line per dataset (seed-averaged), with τ marked."""
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.5))
@@ -297,11 +292,7 @@ class FFRTable:
         ax.set_xlabel(f"τ (firing frequency per {self.unit} on random tokens)")
         ax.set_ylabel("fake feature ratio (mean over seeds)")
         ax.legend(fontsize=8)
-        return ax
-
-    def save(self, directory: str | Path, plot: bool = True) -> Path:
-        """Write ``<name>.json`` (and ``<name>.png``, FFR vs τ per dataset) into ``directory``."""
-        return save_result(self, directory, plot)
+        return ax.figure
 
 
 def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int = 8_192,

@@ -13,9 +13,9 @@ token budget (``n_tokens``, ``context_size``, ``seed``):
 * ``explained_variance_without_sinks`` – the same over the content tokens that are not sinks:
   a token whose activation norm exceeds :data:`SINK_NORM_RATIO` × its batch's median norm
   (``n_sinks`` counts them). SmolLM2's first content token, when it is punctuation or a function
-  word, has a norm ≈75× the median; a handful of such tokens hold most of the variance about the
-  mean and so decide ``explained_variance`` (0.953 against 0.729 without them for the ``cpu``
-  Wikipedia SAE on 8,000 Wikipedia tokens). Both are kept: the first is the paper's metric;
+  word, has a norm tens of times the median; a handful of such tokens hold most of the variance
+  about the mean and so decide ``explained_variance`` (notebook 06 prints both). Both are kept:
+  the first is the paper's metric;
 * ``l0`` – mean number of active latents per token.
 
 Positions: the reconstruction is spliced in only at content positions
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -50,6 +50,7 @@ from .. import precision, storage
 from ..activations import SINK_NORM_RATIO, eval_contexts, lm_precision, not_sinks, token_digest
 from ..models import content_mask, model_name, special_token_ids
 from ..sae.load import load_sae, sae_hook
+from ..storage import Result
 
 METRICS = ("explained_variance", "l2", "ce_diff")
 """The three App. B heatmaps, in drawing order."""
@@ -57,7 +58,7 @@ METRICS = ("explained_variance", "l2", "ce_diff")
 
 # ----------------------------------------------------------------------------- results
 @dataclass
-class FidelityResult:
+class FidelityResult(Result):
     """Reconstruction faithfulness of one SAE on one evaluation set."""
 
     ce_clean: float
@@ -97,16 +98,23 @@ class FidelityResult:
     """The language model's precision, ``bf16`` (autocast) or ``fp32`` (:mod:`faithful.precision`);
     the SAE runs in fp32. Empty in results saved before it was recorded."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    name: str = "fidelity"
+    """Used for file names by :meth:`save`."""
 
-    def save(self, directory: str | Path, name: str = "fidelity") -> Path:
-        """Write ``<directory>/<name>.json``."""
-        return storage.write_json(Path(directory) / f"{name}.json", self.to_dict())
+    def figure(self):
+        """The three App. B metrics of this one cell as bars."""
+        fig, axes = plt.subplots(1, 3, figsize=(7, 2.6), layout="constrained")
+        for ax, (label, v) in zip(axes, (("explained variance", self.explained_variance), ("L2", self.l2),
+                                         ("CE difference (nats)", self.ce_diff))):
+            ax.bar([0], [v])
+            ax.set_xticks([])
+            ax.set_title(f"{label}\n{_fmt(v)}", fontsize=9)
+        fig.suptitle(f"{self.sae or 'SAE'} on {self.dataset or 'evaluation text'} ({self.n_tokens} tokens)", fontsize=10)
+        return fig
 
 
 @dataclass
-class FidelityMatrix:
+class FidelityMatrix(Result):
     """SAEs (rows: training dataset) × evaluation sets (columns), App. B."""
 
     rows: list[str]
@@ -119,19 +127,22 @@ class FidelityMatrix:
     """Name of the language model."""
     settings: dict[str, Any] = field(default_factory=dict)
     """n_tokens, context_size, seed, precision – identical for every cell."""
+    name: str = "fidelity_matrix"
+    """Used for file names by :meth:`save`."""
 
     def values(self, metric: str):
         """``[len(rows), len(columns)]`` numpy array of one metric."""
         return np.array([[getattr(self.cells[r][c], metric) for c in self.columns] for r in self.rows])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "settings": self.settings, "rows": self.rows, "columns": self.columns,
+        return {"name": self.name, "model": self.model, "settings": self.settings, "rows": self.rows, "columns": self.columns,
                 "cells": {r: {c: self.cells[r][c].to_dict() for c in self.columns} for r in self.rows}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FidelityMatrix":
         cells = {r: {c: FidelityResult(**v) for c, v in row.items()} for r, row in d["cells"].items()}
-        return cls(list(d["rows"]), list(d["columns"]), cells, d.get("model", ""), dict(d.get("settings", {})))
+        return cls(list(d["rows"]), list(d["columns"]), cells, d.get("model", ""), dict(d.get("settings", {})),
+                   d.get("name", "fidelity_matrix"))
 
     def figure(self, metrics: Sequence[str] = METRICS):
         """Three annotated heatmaps (explained variance, L2, CE difference), as in App. B."""
@@ -157,15 +168,6 @@ class FidelityMatrix:
         axes[0].set_ylabel("SAE training dataset")
         fig.suptitle(f"Reconstruction faithfulness – {self.model} ({self.settings.get('n_tokens')} tokens per cell)")
         return fig
-
-    def save(self, directory: str | Path, name: str = "fidelity_matrix") -> Path:
-        """Write ``<name>.json`` and the heatmaps ``<name>.png``; returns the JSON path."""
-        directory = Path(directory)
-        path = storage.write_json(directory / f"{name}.json", self.to_dict())
-        fig = self.figure()
-        storage.save_figure(fig, directory / f"{name}.png")
-        plt.close(fig)
-        return path
 
 
 def _fmt(x: float) -> str:
@@ -224,7 +226,7 @@ class _Acc:
 
 
 def check_sae(model, sae, hook: str | None = None) -> str:
-    """The SAE's hook (:func:`faithful.saes.sae_hook`), after checking the SAE can be used as is."""
+    """The SAE's hook (:func:`faithful.sae.load.sae_hook`), after checking the SAE can be used as is."""
     hook = sae_hook(model, sae, hook)
     norm = sae.cfg.normalize_activations
     if norm in ("expected_average_only_in", "covariance_whitening"):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,6 +44,7 @@ from ..activations import iter_activations, lm_precision, tokenize_texts
 from ..data.tasks import TASKS, load_task
 from ..models import model_name
 from ..sae.load import load_sae
+from ..storage import Result
 from .fidelity import check_sae
 
 INPUTS = ("baseline", "sae", "reconstruction")
@@ -56,7 +57,7 @@ _MEMORY: dict[str, dict[str, torch.Tensor]] = {}
 
 # ----------------------------------------------------------------------------- results
 @dataclass
-class ProbeResult:
+class ProbeResult(Result):
     """Probe accuracy and F1 of the three inputs on one task, for one SAE."""
 
     task: str
@@ -86,8 +87,11 @@ class ProbeResult:
     precision: str = ""
     """The language model's precision, ``bf16`` (autocast) or ``fp32`` (:mod:`faithful.precision`)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    name: str = ""
+    """Used for file names by :meth:`save` (default ``probe_<task>``)."""
+
+    def __post_init__(self):
+        self.name = self.name or f"probe_{self.task}"
 
     def figure(self):
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -101,22 +105,15 @@ class ProbeResult:
         fig.tight_layout()
         return fig
 
-    def save(self, directory: str | Path, name: str | None = None) -> Path:
-        """Write ``<name>.json`` and ``<name>.png`` (default name ``probe_<task>``)."""
-        name = name or f"probe_{self.task}"
-        path = storage.write_json(Path(directory) / f"{name}.json", self.to_dict())
-        fig = self.figure()
-        storage.save_figure(fig, Path(directory) / f"{name}.png")
-        plt.close(fig)
-        return path
-
 
 @dataclass
-class ProbeTable:
+class ProbeTable(Result):
     """Table C.1: task × SAE training dataset, seeds averaged."""
 
     results: list[ProbeResult]
     """One result per (task, SAE)."""
+    name: str = "probing"
+    """Used for file names by :meth:`save`."""
 
     def table(self, input: str = "reconstruction", metric: str = "accuracy") -> dict[str, dict[str, float]]:
         """``{task: {training dataset: mean over seeds}}``; ``input="baseline"`` gives the model's own."""
@@ -167,16 +164,7 @@ class ProbeTable:
         fig.tight_layout()
         return fig
 
-    def save(self, directory: str | Path, name: str = "probing") -> Path:
-        """Write ``<name>.json`` and the bar chart ``<name>.png``."""
-        path = storage.write_json(Path(directory) / f"{name}.json", self.to_dict())
-        fig = self.figure()
-        storage.save_figure(fig, Path(directory) / f"{name}.png")
-        plt.close(fig)
-        return path
 
-
-# ----------------------------------------------------------------------------- data
 def task_activations(model, hook: str, task: str, *, n_train: int, n_test: int, seed: int = 0,
                      context_size: int = 128, batch_size: int = 32, autocast: bool | None = None,
                      progress: bool = True, cache: bool = True) -> dict[str, Any]:

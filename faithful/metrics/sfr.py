@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -35,12 +34,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .. import storage
+from ..storage import Result
 from ..sae.load import load_sae
 
 
 @dataclass
-class SFRResult:
+class SFRResult(Result):
     """The outcome of matching two SAEs' decoder directions."""
 
     ratio: float
@@ -106,7 +105,7 @@ class SFRResult:
             d["similarities"] = [round(float(s), 6) for s in self.similarities]
         return d
 
-    def plot(self, ax=None, chance: "SFRResult | None" = None, bins: int = 50):
+    def figure(self, chance: "SFRResult | None" = None, bins: int = 50, ax=None):
         """Histogram of matched cosine similarities, with the threshold (and a chance baseline)."""
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.5))
@@ -119,26 +118,10 @@ class SFRResult:
         ax.set_xlabel("cosine similarity of matched decoder directions")
         ax.set_ylabel("features")
         ax.legend(fontsize=8)
-        return ax
-
-    def save(self, directory: str | Path, plot: bool = True, chance: "SFRResult | None" = None) -> Path:
-        """Write ``<name>.json`` (and ``<name>.png``, the histogram, with ``chance`` overlaid) into ``directory``."""
-        return save_result(self, directory, plot, chance=chance)
+        return ax.figure
 
 
 # ----------------------------------------------------------------------------- inputs
-def save_result(result, directory: str | Path, plot: bool = True, **plot_kwargs) -> Path:
-    """``<name>.json`` from ``result.to_dict()`` and, with ``plot``, ``<name>.png`` from
-    ``result.plot(**plot_kwargs)``."""
-    directory = Path(directory)
-    path = storage.write_json(directory / f"{result.name}.json", result.to_dict())
-    if plot:
-        ax = result.plot(**plot_kwargs)
-        storage.save_figure(ax.figure, directory / f"{result.name}.png")
-        plt.close(ax.figure)
-    return path
-
-
 def decoder_matrix(obj) -> torch.Tensor:
     """``[d_sae, d_in]`` float32 decoder directions from an SAE, a checkpoint folder or a matrix."""
     if isinstance(obj, np.ndarray):
@@ -237,7 +220,7 @@ def chance_sfr(d_sae: int, d_in: int, threshold: float = 0.7, *, seeds: tuple[in
 
 # ----------------------------------------------------------------------------- tables
 @dataclass
-class SFRTable:
+class SFRTable(Result):
     """SFR per group of seed-SAEs: Tables 2 and 4 (by training dataset), Table 3 (target × source)."""
 
     index: tuple[str, ...]
@@ -266,7 +249,7 @@ class SFRTable:
             lines.append("chance (two random inits): " + ", ".join(f"{k}: {v:.4f}" for k, v in self.chance.items()))
         return "\n".join(lines)
 
-    def plot(self, ax=None):
+    def figure(self, ax=None):
         if ax is None:
             _, ax = plt.subplots(figsize=(1.2 * len(self.rows) + 2.5, 3.5))
         labels = [" / ".join(str(r[k]) for k in self.index) for r in self.rows]
@@ -278,11 +261,7 @@ class SFRTable:
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=8)
-        return ax
-
-    def save(self, directory: str | Path, plot: bool = True) -> Path:
-        """Write ``<name>.json`` (and ``<name>.png``, the bar chart) into ``directory``."""
-        return save_result(self, directory, plot)
+        return ax.figure
 
 
 def sfr_table(runs: Mapping[Hashable, Sequence], threshold: float = 0.7, *,

@@ -1,20 +1,15 @@
 """Training TopK SAEs (Gao et al., 2024) with SAELens 6, every seed from one language-model pass.
 
-``train_saes(model, dataset, seeds=(42, 49))`` builds one SAELens ``TopKTrainingSAE`` per seed
-under ``torch.manual_seed(seed)`` (SAELens ignores its config's seed) and one SAELens
-``SAETrainer`` (Adam, AuxK loss against dead latents, activation-norm scaling) per SAE, whose
-step computes the same loss with a sparse decoder (:mod:`faithful.topk_step`). The decoder bias
-starts at the geometric median of the first activations, as in Gao et al. (:data:`B_DEC_INITS`). A single
-:class:`~faithful.train_stream.ActivationStream` runs the model once per batch and every seed's
-trainer steps on the same batch: the seed changes only the initialisation, as in the paper.
+``train_saes(model, dataset, seeds=(42, 49))`` builds one SAELens ``TopKTrainingSAE`` and one
+``SAETrainer`` per seed under ``torch.manual_seed(seed)``; their step is :mod:`faithful.sae.topk_step`.
+The decoder bias starts at the geometric median of the first activations (:data:`B_DEC_INITS`).
+One :class:`~faithful.sae.stream.ActivationStream` runs the model once per batch and every seed's
+trainer steps on it: the seed changes only the initialisation, as in the paper.
 
-Each run is written to ``runs/<model>/<dataset>/<hook>/<profile>/seed<N>/`` in SAELens format
-(``SAE.load_from_disk`` loads it) with ``faithful_run.json`` (model, dataset name and
-fingerprint, hook, tokens seen, seed, settings, profile; seconds in all, in the language model
-and in this seed's optimiser steps) and ``curves.jsonl`` (MSE, explained variance, L0, dead
-latents); :mod:`faithful.runs` finds, lists and plots them. A finished run is reused; an
-interrupted one resumes from its last checkpoint (``.seed<N>.resume/``, written atomically) and
-ends with the same weights as an uninterrupted run.
+Each run goes to ``runs/<model>/<dataset>/<hook>/<profile>/seed<N>/`` in SAELens format, with
+``faithful_run.json`` (settings, tokens seen, seconds) and ``curves.jsonl`` (:mod:`faithful.sae.runs`).
+A finished run is reused; an interrupted one resumes from its last checkpoint
+(``.seed<N>.resume/``, written atomically) and ends with the weights of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -149,7 +144,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
 def train_corpora(model, profile, *, progress=True, overwrite=False) -> dict[str, list[Path]]:
     """Train (or reuse) two-seed SAEs on every corpus of ``profile.corpora``; name → folders.
 
-    ``"faithful"`` is the profile's Faithful dataset (``faithful.generate.faithful_dataset_for``).
+    ``"faithful"`` is the profile's Faithful dataset (``faithful.data.generate.faithful_dataset_for``).
     ``overwrite=True`` retrains runs made with other settings (by default they stop with an error).
     """
     profile = as_profile(profile)
@@ -317,7 +312,7 @@ class _Run:
     @torch.no_grad()
     def _log(self, seed, trainer, out, stats: _BatchStats) -> None:
         """One point of the training curves: SAELens's log-dict metrics (MSE, AuxK loss, explained
-        variance, L0, dead latents), computed directly (its dict costs 3 ms a call, paid by every
+        variance, L0, dead latents), computed directly (building SAELens's dict costs a pass per
         seed), and the explained variance without the batch's sinks."""
         fired = out.feature_acts._values()  # the chosen latents' activations; a zero did not fire
         errs = trainer.row_sq_err  # the step's own ‖sae_out − x‖² per row: no second pass over the batch

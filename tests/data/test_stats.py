@@ -94,7 +94,7 @@ def test_faithful_folder_save_load_and_table(tiny_model, home):
     meta = faithful.data.generate.read_meta(path)
     assert s.name == "f" and s.total_tokens == meta["tokens"] and s.sequences == meta["samples"]
     out = s.save(home / "stats")
-    assert (out / "dataset_stats.json").is_file() and (out / "dataset_stats.png").stat().st_size > 1000
+    assert out == home / "stats" / "f.json" and out.with_suffix(".png").stat().st_size > 1000
     assert DatasetStats.load(out) == s
     other = dataset_stats(tiny_model, ["A web page about cats."], name="web")
     table = stats_table([s, other])
