@@ -4,8 +4,9 @@ fast bf16, within an hour end to end) and ``paper`` (a GPU, the paper's Table 5 
 Notebooks and the CLI read the profile named by ``FAITHFUL_PROFILE`` (default ``cpu``) with
 :func:`get_profile` and pass it on; library functions never read the environment (a profile
 argument defaults to ``"cpu"``, the plain default). The test suite sets ``smoke``. Model-specific SAE hyper-parameters (layer, width, k, lr,
-context length) live in :data:`faithful.models.PRESETS`; a profile only sets budgets and,
-for the embedded model, the scaled-down SAE shape.
+context length) live in :data:`faithful.models.PRESETS`; a profile sets budgets and, where its
+``d_sae``/``k``/``lr``/``context_size`` are not None, overrides the preset of any model (``smoke``
+and ``cpu`` scale the SAE down; ``paper`` keeps every preset).
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ class Profile:
     train_tokens: int = 100_000
     """Activation tokens each SAE is trained on."""
     d_sae: int | None = 4608
-    """SAE width for the embedded model (None: the model's Table 5 preset)."""
+    """SAE width, for whatever model the profile runs (None: that model's Table 5 preset)."""
     k: int | None = 32
-    """TopK sparsity for the embedded model (None: the preset)."""
+    """TopK sparsity, for whatever model the profile runs (None: the preset)."""
     lr: float | None = None
     """SAE learning rate (None: the model's preset). Smoke runs take ~40 steps and need a larger one."""
     context_size: int | None = 128
