@@ -15,9 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-
 import faithful
 
 from . import storage
@@ -53,6 +50,9 @@ def cmd_train(args) -> None:
 
 def cmd_notebooks(args) -> None:
     """Execute notebooks in order, writing executed copies to results/notebooks/."""
+    import nbformat  # the notebooks extra: `pip install -e .[notebooks]`
+    from nbclient import NotebookClient
+
     out_dir = storage.results_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in map(Path, args.paths):

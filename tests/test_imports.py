@@ -9,8 +9,9 @@ from pathlib import Path
 import faithful
 
 PACKAGE = Path(faithful.__file__).parent
-OPTIONAL = {"vllm"}
-"""Dependencies that may be missing; only they are imported inside functions."""
+OPTIONAL = {"vllm", "nbformat", "nbclient"}
+"""Dependencies that may be missing (vllm; the notebooks extra, for `python -m faithful notebooks`);
+only they are imported inside functions."""
 
 
 def modules() -> dict[str, Path]:
