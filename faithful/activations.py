@@ -6,7 +6,8 @@ the feature browser) goes through these functions, so the rules live in one plac
 * each context starts with the model's start token (``faithful.start_token_id``);
 * the forward pass stops right after the hook's layer (``stop_at_layer``) unless logits are needed;
 * position 0, special tokens and padding are masked out by ``faithful.content_mask``;
-* evaluation contexts are packed the same way for every metric (:func:`eval_contexts`);
+* evaluation contexts are packed the same way for every metric (:func:`eval_contexts`), from the
+  documents held out from training (:mod:`faithful.data.splits`);
 * the language model runs in the precision :func:`faithful.precision.choose` picks for its device
   (bf16 autocast only where bf16 products measured faster); ``autocast=True``/``False`` forces
   bf16/fp32 for one call;
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import precision
 from .data.corpora import load_corpus
+from .data.splits import take_part
 from .models import content_mask, non_special_vocab, special_token_ids, start_token_id
 
 SINK_NORM_RATIO = 5.0
@@ -139,16 +141,17 @@ def random_token_contexts(model, n_contexts: int, context_size: int, seed: int) 
     return torch.cat([start, vocab[idx]], dim=1)
 
 
-def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int,
+def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int, split: str | None = "eval",
                   progress: bool = False) -> torch.Tensor:
     """``[n_contexts, context_size]`` packed contexts holding ``n_tokens`` tokens after the start token.
 
     ``dataset``: a ``datasets.Dataset`` (``token_ids`` used when present, else ``text``), a list
     of texts, or a name/path for :func:`faithful.load_corpus` (a Faithful dataset folder, a
-    shared-data file name …). Documents are taken in a ``seed``-ed order, each truncated to
-    ``context_size − 1`` tokens, separated by the start token, packed and cut into rows of
-    ``context_size − 1``; each row starts with the start token. A dataset too small for the
-    budget gives fewer rows, with a warning.
+    shared-data file name …). ``split``: ``"eval"`` reads only the documents held out from
+    training (:mod:`faithful.data.splits`), ``None`` all of them. Documents are taken in a
+    ``seed``-ed order, joined by the start token, packed and cut into rows of ``context_size − 1``
+    tokens (as training packs them); each row starts with the start token. A dataset too small
+    for the budget gives fewer rows, with a warning.
     """
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
@@ -159,7 +162,7 @@ def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int
     need = n_rows * body
     start = start_token_id(model)
     special = set(special_token_ids(model))
-    docs, use_ids = _documents(dataset)
+    docs, use_ids = _documents(dataset, split)
     order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(int(seed))).tolist()
     stream: list[int] = []
     tok = model.tokenizer
@@ -172,7 +175,6 @@ def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int
                 ids = ids[1:]
         else:
             ids = tok(docs[i], add_special_tokens=False)["input_ids"]
-        ids = ids[:body]
         if not ids:
             continue
         if stream:
@@ -189,21 +191,23 @@ def eval_contexts(model, dataset, *, n_tokens: int, context_size: int, seed: int
     return torch.cat([torch.full((n_full, 1), start, dtype=torch.long), rows], dim=1)
 
 
-def _documents(dataset) -> tuple[Sequence, bool]:
-    """(documents, are_token_ids) from a Dataset, a list of texts or a corpus name/path."""
+def _documents(dataset, split: str | None) -> tuple[Sequence, bool]:
+    """(documents, are_token_ids) of ``split`` from a Dataset, a list of texts or a corpus name/path."""
     if isinstance(dataset, (str, Path)):
         dataset = load_corpus(dataset)
     if isinstance(dataset, (list, tuple)):
         if not all(isinstance(t, str) for t in dataset):
             raise TypeError("a list dataset must hold texts (str)")
-        return list(dataset), False
+        return (list(dataset) if split is None else take_part(dataset, split)), False
     cols = getattr(dataset, "column_names", None)
     if cols is None:
         raise TypeError(f"dataset must be a datasets.Dataset, a list of texts or a corpus name/path, "
                         f"not {type(dataset).__name__}")
+    if "text" not in cols and not (split is None and "token_ids" in cols):
+        raise ValueError(f"the dataset has no 'text' column (columns: {cols}); evaluation splits "
+                         "documents by their text")
+    if split is not None:
+        dataset = take_part(dataset, split)
     if "token_ids" in cols:
         return dataset["token_ids"], True
-    if "text" in cols:
-        return dataset["text"], False
-    raise ValueError(f"the dataset has neither a 'token_ids' nor a 'text' column (columns: {cols})")
-
+    return dataset["text"], False

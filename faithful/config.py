@@ -21,8 +21,10 @@ class Profile:
     """Profile name: smoke, cpu or paper."""
     model: str = "smollm2-135m"
     """Model every notebook loads (a name accepted by ``faithful.load_model``)."""
-    faithful_tokens: int = 40_000
-    """Tokens of Faithful text to sample from the start token."""
+    faithful_tokens: int = 125_000
+    """Tokens of Faithful text to sample from the start token: enough that its training split
+    (:data:`faithful.data.splits.EVAL_FRACTION` is held out) holds ``train_tokens``, so the Faithful
+    SAE, like every other, sees each training token once."""
     max_length: int = 256
     """Maximum tokens per sampled document (start token excluded)."""
     gen_batch_size: int = 64
@@ -49,8 +51,9 @@ class Profile:
     """Test texts per probing task."""
     corpora: tuple[str, ...] = ("faithful", "wikipedia_en_sample", "c4_en_train_first1000", "alpaca")
     """Training datasets compared throughout the notebooks."""
-    seeds: tuple[int, ...] = (42, 49)
-    """SAE initialisation seeds (the paper's)."""
+    seeds: tuple[int, ...] = (42, 49, 7)
+    """SAE initialisation seeds: the paper's two and a third, so that every comparison has a spread
+    (three SFR pairs, three FFR and fidelity values per corpus)."""
 
     def replace(self, **changes) -> "Profile":
         return dataclasses.replace(self, **changes)
@@ -61,7 +64,7 @@ PROFILES: dict[str, Profile] = {
     # corpora (every per-corpus step is the same code), a few hundred evaluation tokens per cell.
     "smoke": Profile(
         name="smoke",
-        faithful_tokens=2_048,
+        faithful_tokens=5_500,
         max_length=64,
         gen_batch_size=32,
         train_tokens=4_096,
@@ -85,7 +88,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         model="gpt2",
-        faithful_tokens=100_000_000,
+        faithful_tokens=115_000_000,
         max_length=1024,
         gen_batch_size=256,
         train_tokens=100_000_000,

@@ -24,8 +24,8 @@ activation is kept. Every average runs over content positions; the CE at positio
 predicting token ``t+1``) counts when position ``t`` is a content position – SAELens's convention
 with its ``exclude_special_tokens``, which also drops position 0 because it holds the start token.
 
-Contexts are packed (:func:`eval_contexts`): documents in a seeded order, each truncated to one
-context, joined by the start token, cut into rows of ``context_size − 1`` tokens, each row headed by
+Contexts are packed (:func:`eval_contexts`) from the documents held out from training
+(:mod:`faithful.data.splits`): documents in a seeded order, joined by the start token, cut into rows of ``context_size − 1`` tokens, each row headed by
 the start token. No padding, and the same budget for every cell.
 
 :func:`fidelity_matrix` evaluates SAEs (rows: training dataset) × evaluation sets (columns) and
@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from .. import precision, storage
 from ..activations import SINK_NORM_RATIO, eval_contexts, lm_precision, not_sinks, token_digest
+from ..data.splits import split_rule
 from ..models import content_mask, model_name, special_token_ids
 from ..sae.load import load_sae, sae_hook
 from ..storage import Result
@@ -299,17 +300,17 @@ def _evaluate(model, saes: Mapping[str, Any], tokens: torch.Tensor, hook: str, *
 
 def reconstruction_metrics(model, sae, dataset, *, n_tokens: int = 8_192, context_size: int = 128,
                            batch_size: int = 8,
-                           seed: int = 0, autocast: bool | None = None, progress: bool = True,
-                           sae_label: str = "", dataset_label: str = "") -> FidelityResult:
+                           seed: int = 0, split: str | None = "eval", autocast: bool | None = None,
+                           progress: bool = True, sae_label: str = "", dataset_label: str = "") -> FidelityResult:
     """Clean CE, spliced CE, their difference, L2, explained variance and L0 (module docstring).
 
-    ``sae``: a SAELens SAE or a checkpoint folder. ``dataset``: see :func:`eval_contexts`.
-    ``autocast``: None for the precision policy's choice (:mod:`faithful.precision`), True/False
+    ``sae``: a SAELens SAE or a checkpoint folder. ``dataset`` and ``split``: see :func:`eval_contexts`
+    (by default the documents held out from training). ``autocast``: None for the precision policy's choice (:mod:`faithful.precision`), True/False
     for bf16 autocast/fp32 in the language model; the SAE runs in fp32.
     """
     sae = load_sae(sae)
     hook = check_sae(model, sae)
-    tokens = eval_contexts(model, dataset, n_tokens=n_tokens, context_size=context_size, seed=seed)
+    tokens = eval_contexts(model, dataset, n_tokens=n_tokens, context_size=context_size, seed=seed, split=split)
     prec = lm_precision(model, autocast)
     accs = _evaluate(model, {"sae": sae}, tokens, hook, batch_size=batch_size, prec=prec,
                      progress=progress, desc="fidelity")
@@ -319,12 +320,13 @@ def reconstruction_metrics(model, sae, dataset, *, n_tokens: int = 8_192, contex
 
 
 def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any], *, n_tokens: int = 8_192,
-                    context_size: int = 128, batch_size: int = 8, seed: int = 0, autocast: bool | None = None,
-                    progress: bool = True, out_dir: str | Path | None = None) -> FidelityMatrix:
+                    context_size: int = 128, batch_size: int = 8, seed: int = 0, split: str | None = "eval",
+                    autocast: bool | None = None, progress: bool = True,
+                    out_dir: str | Path | None = None) -> FidelityMatrix:
     """Every SAE (rows) on every evaluation set (columns), same budget and seed in every cell.
 
     ``saes``: label → SAE or checkpoint folder (all at the same hook). ``eval_sets``: label →
-    anything :func:`eval_contexts` takes. With ``out_dir`` each finished column is written to
+    anything :func:`eval_contexts` takes, read at ``split`` (default: the held-out documents). With ``out_dir`` each finished column is written to
     ``out_dir/columns/<label>.json`` and reused when asked again with the same settings, rows and
     evaluation tokens (a digest of them: the label alone may name other data next time);
     the matrix itself is saved there (JSON + PNG).
@@ -338,11 +340,12 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
     hook = next(iter(hooks.values()))
     prec = lm_precision(model, autocast)
     settings = {"n_tokens": n_tokens, "context_size": context_size, "seed": seed, "precision": prec,
+                "split": split_rule(split),
                 "sink_norm_ratio": SINK_NORM_RATIO, "batch_size": batch_size, "hook": hook,
                 "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
     cells: dict[str, dict[str, FidelityResult]] = {r: {} for r in saes}
     for col, ds in tqdm(eval_sets.items(), desc="evaluation sets", disable=not progress):
-        tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed)
+        tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed, split=split)
         # A column is reused only for the same tokens: a label may name other data next time.
         col_settings = {**settings, "tokens": token_digest(tokens)}
         cached = _load_column(out_dir, col, col_settings, list(saes))

@@ -28,6 +28,7 @@ from .. import storage
 from ..activations import explained_variance, lm_precision, not_sinks, total_variance
 from ..config import as_profile
 from ..data.corpora import dataset_label, load_corpus
+from ..data.splits import split_rule, take_part
 from ..models import hook_name, model_name, sae_preset
 from .runs import RUN_FILE, read_curves, run_dir, write_curves
 from .stream import ActivationStream, load_trainer_state, pack_contexts, save_trainer_state
@@ -88,6 +89,9 @@ class TrainSettings:
     device unless asked (:mod:`faithful.precision`)."""
     profile: str = "cpu"
     """Profile the settings came from."""
+    documents: str = split_rule("train")
+    """Which documents of the dataset are trained on: its training split (:mod:`faithful.data.splits`);
+    the held-out rest is what every evaluation reads."""
     trainer: str = "faithful.topk_step.TopKTrainer/4"
     """The training step's implementation and version (a run made by another is not resumed)."""
 
@@ -100,7 +104,8 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     """Train one TopK SAE per seed on ``dataset`` at ``layer``; return their checkpoint folders.
 
     ``dataset`` is a corpus name or path (``faithful.load_corpus``) or a ``datasets.Dataset``
-    with ``text`` (or ``token_ids``) rows. Arguments left at None come from
+    with ``text`` rows (and ``token_ids``, used when present); only its training split is read
+    (:mod:`faithful.data.splits`), and the run records how many times it was passed over (``epochs``). Arguments left at None come from
     ``faithful.sae_preset(model, profile)`` and ``profile`` (a :class:`faithful.config.Profile` or
     its name: ``train_tokens``, ``train_batch_size``; it also names the run's folder). ``out_dir`` replaces ``runs/`` as the root. ``checkpoint_every``
     (optimiser steps; default: after ``CHECKPOINT_SECONDS`` of wall time) sets how often a
@@ -122,6 +127,7 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
     if isinstance(dataset, (str, Path)):
         dataset_name = dataset_name or dataset_label(dataset)
         dataset = load_corpus(dataset, model=model, profile=profile)
+    dataset = take_part(dataset, "train")
     contexts, epochs, fingerprint = pack_contexts(model, dataset, ctx, n_tokens)
     dataset_name = dataset_name or f"dataset-{fingerprint[:8]}"
     settings = TrainSettings(
@@ -142,7 +148,8 @@ def train_saes(model, dataset, *, layer=None, seeds=(42, 49), d_sae=None, k=None
 
 
 def train_corpora(model, profile, *, progress=True, overwrite=False) -> dict[str, list[Path]]:
-    """Train (or reuse) two-seed SAEs on every corpus of ``profile.corpora``; name → folders.
+    """Train (or reuse) SAEs of every seed of ``profile.seeds`` on every corpus of ``profile.corpora``;
+    name → folders.
 
     ``"faithful"`` is the profile's Faithful dataset (``faithful.data.generate.faithful_dataset_for``).
     ``overwrite=True`` retrains runs made with other settings (by default they stop with an error).

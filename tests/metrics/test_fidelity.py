@@ -8,6 +8,7 @@ import torch
 import faithful
 from known_saes import identity_sae, topk_sae
 from faithful import activations
+from faithful.data.splits import part_of
 from faithful.metrics import fidelity
 from faithful.models import content_mask, special_token_ids
 
@@ -36,7 +37,7 @@ def constant_sae(d, value, hook=HOOK):
 
 @pytest.fixture(scope="module")
 def tokens(tiny_model):
-    return faithful.eval_contexts(tiny_model, TEXTS, n_tokens=300, context_size=32, seed=0)
+    return faithful.eval_contexts(tiny_model, TEXTS, n_tokens=300, context_size=32, seed=0, split=None)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def content_acts(tiny_model, tokens):
 
 
 def run(model, sae, **kw):
-    args = dict(n_tokens=300, context_size=32, seed=0, batch_size=4, autocast=False, progress=False)
+    args = dict(n_tokens=300, context_size=32, seed=0, batch_size=4, autocast=False, progress=False, split=None)
     args.update(kw)
     return faithful.reconstruction_metrics(model, sae, TEXTS, **args)
 
@@ -186,21 +187,38 @@ def test_agrees_with_sae_lens_evals(tiny_model, tokens):
 # ----------------------------------------------------------------------------- contexts
 def test_eval_contexts_pack_with_start_token(tiny_model):
     start = faithful.start_token_id(tiny_model)
-    t = faithful.eval_contexts(tiny_model, TEXTS, n_tokens=200, context_size=16, seed=3)
+    t = faithful.eval_contexts(tiny_model, TEXTS, n_tokens=200, context_size=16, seed=3, split=None)
     assert t.shape == (14, 16)  # ceil(200 / 15) rows
     assert (t[:, 0] == start).all()
     assert (t[:, 1:] == start).sum() > 0  # documents are separated by the start token
-    assert torch.equal(t, faithful.eval_contexts(tiny_model, TEXTS, n_tokens=200, context_size=16, seed=3))
-    assert not torch.equal(t, faithful.eval_contexts(tiny_model, TEXTS, n_tokens=200, context_size=16, seed=4))
+    assert torch.equal(t, faithful.eval_contexts(tiny_model, TEXTS, n_tokens=200, context_size=16, seed=3,
+                                                 split=None))
+    assert not torch.equal(t, faithful.eval_contexts(tiny_model, TEXTS, n_tokens=200, context_size=16, seed=4,
+                                                     split=None))
 
 
-def test_eval_contexts_truncates_each_document(tiny_model):
+def test_eval_contexts_pack_whole_documents(tiny_model):
     long = ["word " * 500, "other " * 500]
-    t = faithful.eval_contexts(tiny_model, long, n_tokens=20, context_size=11, seed=0)
-    # each document gives at most one context's worth (10 tokens), so both appear
-    ids = {tiny_model.tokenizer(" word", add_special_tokens=False)["input_ids"][0],
-           tiny_model.tokenizer(" other", add_special_tokens=False)["input_ids"][0]}
-    assert ids <= set(t.flatten().tolist())
+    t = faithful.eval_contexts(tiny_model, long, n_tokens=40, context_size=11, seed=0, split=None)
+    # a long document fills several rows, as training packs it
+    docs = [set(tiny_model.tokenizer(d, add_special_tokens=False)["input_ids"]) for d in long]
+    seen = set(t[:, 1:].flatten().tolist())
+    assert t.shape == (4, 11) and any(seen <= d for d in docs)
+
+
+def test_eval_contexts_read_only_held_out_documents(tiny_model):
+    texts = [f"document number {i} about {w}" for i, w in enumerate(["cats", "dogs", "ships"] * 40)]
+    held_out = [t for t in texts if part_of(t) == "eval"]
+    assert 0 < len(held_out) < len(texts) // 4
+    tok = tiny_model.tokenizer
+    train_ids = {tuple(tok(t, add_special_tokens=False)["input_ids"]) for t in texts if part_of(t) == "train"}
+    with pytest.warns(UserWarning, match="fewer than"):
+        ctx = faithful.eval_contexts(tiny_model, texts, n_tokens=10_000, context_size=8, seed=0)
+    stream = ctx[:, 1:].flatten().tolist()
+    n_held = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in held_out)
+    # the whole held-out part (and its separators), nothing more
+    assert n_held <= len(stream) + 7 and len(stream) <= n_held + len(held_out)
+    assert not any(ids in {tuple(stream[i:i + len(ids)]) for i in range(len(stream))} for ids in train_ids)
 
 
 def test_eval_contexts_token_ids_column(tiny_model):
@@ -208,16 +226,16 @@ def test_eval_contexts_token_ids_column(tiny_model):
 
     start = faithful.start_token_id(tiny_model)
     ids = [[start] + tiny_model.tokenizer(s, add_special_tokens=False)["input_ids"] for s in TEXTS]
-    a = faithful.eval_contexts(tiny_model, datasets.Dataset.from_dict({"token_ids": ids}),
-                               n_tokens=100, context_size=16, seed=1)
+    a = faithful.eval_contexts(tiny_model, datasets.Dataset.from_dict({"token_ids": ids, "text": TEXTS}),
+                               n_tokens=100, context_size=16, seed=1, split=None)
     b = faithful.eval_contexts(tiny_model, datasets.Dataset.from_dict({"text": TEXTS}),
-                               n_tokens=100, context_size=16, seed=1)
+                               n_tokens=100, context_size=16, seed=1, split=None)
     assert torch.equal(a, b)
 
 
 def test_small_dataset_warns_and_uses_what_there_is(tiny_model):
     with pytest.warns(UserWarning, match="fewer than"):
-        t = faithful.eval_contexts(tiny_model, TEXTS[:2], n_tokens=10_000, context_size=8, seed=0)
+        t = faithful.eval_contexts(tiny_model, TEXTS[:2], n_tokens=10_000, context_size=8, seed=0, split=None)
     assert len(t) >= 1
 
 
@@ -226,7 +244,7 @@ def test_matrix_cells_heatmaps_and_reuse(tiny_model, tmp_path, monkeypatch):
     d = tiny_model.cfg.d_model
     saes = {"identity": identity_sae(d), "random": random_sae(d)}
     sets = {"first": TEXTS[:16], "second": TEXTS[16:]}
-    kw = dict(n_tokens=120, context_size=16, seed=0, batch_size=4, autocast=False, progress=False)
+    kw = dict(n_tokens=120, context_size=16, seed=0, batch_size=4, autocast=False, progress=False, split=None)
     m = faithful.fidelity_matrix(tiny_model, saes, sets, out_dir=tmp_path, **kw)
     assert m.values("ce_diff").shape == (2, 2)
     assert m.values("explained_variance")[0].tolist() == pytest.approx([1.0, 1.0])
@@ -270,12 +288,15 @@ def test_bad_inputs(tiny_model):
         run(tiny_model, identity_sae(d), context_size=10_000)
     import datasets
 
-    with pytest.raises(ValueError, match="neither a 'token_ids' nor a 'text'"):
+    with pytest.raises(ValueError, match="has no 'text' column"):
         faithful.reconstruction_metrics(tiny_model, identity_sae(d), datasets.Dataset.from_dict({"sentence": TEXTS}),
                                         n_tokens=10, context_size=8, progress=False)
     with pytest.raises(ValueError, match="fewer than one context"):
         faithful.reconstruction_metrics(tiny_model, identity_sae(d), ["hi"], n_tokens=10, context_size=32,
-                                        progress=False)
+                                        progress=False, split=None)
+    with pytest.raises(ValueError, match="eval split of this dataset is empty"):
+        faithful.reconstruction_metrics(tiny_model, identity_sae(d), [t for t in TEXTS if part_of(t) == "train"],
+                                        n_tokens=10, context_size=8, progress=False)
     with pytest.raises(TypeError, match="SAELens SAE"):
         run(tiny_model, object())
 
@@ -286,7 +307,7 @@ def test_budget_is_the_arguments_not_the_profile(tiny_model, monkeypatch):
 
     def run():
         return faithful.reconstruction_metrics(tiny_model, identity_sae(tiny_model.cfg.d_model), texts,
-                                               n_tokens=200, context_size=16, progress=False)
+                                               n_tokens=200, context_size=16, progress=False, split=None)
     results = []
     for name in ("smoke", "paper"):
         monkeypatch.setenv("FAITHFUL_PROFILE", name)

@@ -11,6 +11,7 @@ from faithful.sae import train
 from faithful.sae.runs import CURVES_FILE
 from toy import SMALL, TEXTS
 from faithful.sae.topk_step import TopKTrainer
+from faithful.data.splits import take_part
 from faithful.sae.stream import ActivationStream, pack_contexts
 
 SHARED = storage.shared_data_dir()  # read before the `home` fixture moves FAITHFUL_HOME
@@ -451,3 +452,15 @@ def test_curve_points_are_saelens_log_dict_metrics():
     assert not typical[3] and typical.sum() == 127
     assert row["explained_variance_without_sinks"] == pytest.approx(
         explained_variance(out.sae_in[typical], out.sae_out[typical]), rel=1e-5)
+
+
+def test_training_reads_only_the_training_split(tiny_model, texts, home):
+    (path,) = faithful.train_saes(tiny_model, texts, seeds=(42,), out_dir=home / "split", **SMALL)
+    meta = storage.read_json(path / train.RUN_FILE)
+    assert meta["settings"]["documents"].startswith("train: ")
+    held_out = take_part(texts, "eval")["text"]
+    contexts, epochs, fingerprint = pack_contexts(tiny_model, take_part(texts, "train"), SMALL["context_size"],
+                                                  SMALL["n_tokens"])
+    assert held_out and meta["settings"]["fingerprint"] == fingerprint and meta["epochs"] == epochs
+    _, _, everything = pack_contexts(tiny_model, texts, SMALL["context_size"], SMALL["n_tokens"])
+    assert everything != fingerprint
