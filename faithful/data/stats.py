@@ -23,6 +23,12 @@ Definitions (every percentage is over the model's vocabulary of ``V = d_vocab`` 
   the model mass the corpus misses and depends on ε; report ε with it);
 * ``kl_data_model`` = KL(Q ‖ P): finite without smoothing, since ``P > 0`` on ``S``;
 * ``js`` = Jensen–Shannon divergence of P and Q (no smoothing; in nats, at most ln 2).
+
+Every number but the lengths depends on the sample's size: a larger sample sees more distinct
+tokens (coverage grows) and more of the start distribution's tail (KL(model ‖ data) usually
+falls; for the model's own text, towards 0).
+Compare corpora at one token count (``dataset_stats(..., max_tokens=n)``), and read KL(model ‖ data)
+with its ε (:func:`stats_table` prints it).
 """
 from __future__ import annotations
 
@@ -55,7 +61,7 @@ class DatasetStats(Result):
     model: str
     """Model whose vocabulary and start-token distribution are the reference."""
     total_tokens: int
-    """Tokens in all documents (start token not counted)."""
+    """Tokens in all documents measured (start token not counted; after any ``max_tokens`` cut)."""
     sequences: int
     """Non-empty documents."""
     length_mean: float
@@ -96,7 +102,8 @@ class DatasetStats(Result):
     def row(self) -> dict:
         """The Table 1 columns only."""
         keep = ("name", "total_tokens", "sequences", "length_mean", "unique_tokens",
-                "all_token_coverage", "first_token_coverage", "kl_model_data", "kl_data_model", "js")
+                "all_token_coverage", "first_token_coverage", "kl_model_data", "epsilon",
+                "kl_data_model", "js")
         return {k: getattr(self, k) for k in keep}
 
     @classmethod
@@ -132,15 +139,28 @@ class DatasetStats(Result):
 
 
 def dataset_stats(model, dataset, *, name: str | None = None, max_docs: int | None = None,
-                  epsilon: float = EPSILON) -> DatasetStats:
+                  max_tokens: int | None = None, epsilon: float = EPSILON) -> DatasetStats:
     """Statistics of ``dataset`` (see the module docstring) for ``model``.
 
     ``dataset``: a ``datasets.Dataset`` (``token_ids`` or ``text``), a list of texts or of token-id
     lists, or anything :func:`faithful.load_corpus` takes (a name, a file, a saved dataset; a
-    Faithful dataset folder's generated token ids are used as they are)."""
+    Faithful dataset folder's generated token ids are used as they are).
+
+    ``max_docs`` keeps the first ``max_docs`` rows (empty ones included in the count, then dropped).
+    ``max_tokens`` keeps the non-empty documents in order until their token total reaches
+    ``max_tokens``; the document that crosses it is **cut** to its first tokens, so the total is
+    exactly ``max_tokens`` (its first token still counts; the cut shortens it, which shows in the
+    length columns only). Corpora of different document lengths then compare at one token count.
+    A corpus with fewer tokens is used whole: ``total_tokens`` records the tokens actually used.
+    Both limits may be given: whichever is reached first stops. Texts are tokenised only as far as
+    needed."""
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0 (additive smoothing), got {epsilon}")
-    docs, default_name = _documents(model, dataset, max_docs)
+    for arg, value in (("max_docs", max_docs), ("max_tokens", max_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value <= 0):
+            raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
+    docs, default_name = _documents(model, dataset, max_docs, max_tokens)
     if not docs:
         raise ValueError(f"{default_name} has no non-empty document: nothing to measure")
     V = int(model.cfg.d_vocab)
@@ -203,13 +223,15 @@ def start_distribution(model) -> np.ndarray:
 
 
 def stats_table(stats: Sequence[DatasetStats], markdown: bool = True):
-    """Several corpora side by side: a markdown table (default) or a list of row dicts."""
+    """Several corpora side by side: a markdown table (default) or a list of row dicts.
+
+    The ε column is the smoothing KL(model ‖ data) was computed with (it changes that number)."""
     rows = [s.row() for s in stats]
     if not markdown:
         return rows
     head = ["dataset", "tokens", "docs", "mean len", "unique tok", "all-tok cov %",
-            "first-tok cov %", "KL(model‖data)", "KL(data‖model)", "JS"]
-    fmt = ["{}", "{:,}", "{:,}", "{:.1f}", "{:,}", "{:.2f}", "{:.2f}", "{:.4f}", "{:.4f}", "{:.4f}"]
+            "first-tok cov %", "KL(model‖data)", "ε", "KL(data‖model)", "JS"]
+    fmt = ["{}", "{:,}", "{:,}", "{:.1f}", "{:,}", "{:.2f}", "{:.2f}", "{:.4f}", "{:g}", "{:.4f}", "{:.4f}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(f.format(v) for f, v in zip(fmt, r.values())) + " |")
@@ -231,8 +253,9 @@ def _rank_curve(freq: np.ndarray, points: int = 200) -> list:
     return [[int(r), float(f[r - 1])] for r in ranks]
 
 
-def _documents(model, dataset, max_docs: int | None) -> tuple[list[np.ndarray], str]:
-    """Token-id arrays of the non-empty documents, and a default name."""
+def _documents(model, dataset, max_docs: int | None,
+               max_tokens: int | None = None) -> tuple[list[np.ndarray], str]:
+    """Token-id arrays of the non-empty documents (the last one cut at ``max_tokens``), and a default name."""
     name = "dataset"
     if isinstance(dataset, (str, os.PathLike)):  # whatever load_corpus takes: a name, a file, a folder
 
@@ -243,32 +266,49 @@ def _documents(model, dataset, max_docs: int | None) -> tuple[list[np.ndarray], 
             dataset = hfds.load_from_disk(str(path))
         else:
             dataset = load_corpus(dataset, model=model)
-    if max_docs is not None:
-        if max_docs <= 0:
-            raise ValueError(f"max_docs must be positive, got {max_docs}")
+    if max_docs is not None:  # validated by dataset_stats
         dataset = dataset.select(range(min(max_docs, len(dataset)))) if isinstance(
             dataset, hfds.Dataset) else list(dataset)[:max_docs]
-    if isinstance(dataset, hfds.Dataset):
-        if "token_ids" in dataset.column_names:
-            seqs = dataset["token_ids"]
-        elif "text" in dataset.column_names:
-            seqs = _tokenize(model, dataset["text"])
-        else:
-            raise ValueError(f"dataset has neither 'token_ids' nor 'text' (columns: {dataset.column_names})")
-    elif isinstance(dataset, Sequence) and all(isinstance(d, str) for d in dataset):
-        seqs = _tokenize(model, list(dataset))
-    elif isinstance(dataset, Sequence):
-        seqs = dataset
-    else:
-        raise TypeError(f"cannot read a {type(dataset).__name__}: pass a Faithful dataset folder, a "
-                        "datasets.Dataset with 'text' or 'token_ids', a list of str or of token-id lists")
-    docs = [np.asarray(s, dtype=np.int64) for s in seqs if len(s)]
+    docs: list[np.ndarray] = []
+    total = 0
+    for seq in _sequences(model, dataset):
+        if not len(seq):
+            continue
+        doc = np.asarray(seq, dtype=np.int64)
+        if max_tokens is not None and total + len(doc) >= max_tokens:
+            docs.append(doc[:max_tokens - total])  # cut: the total is exactly max_tokens
+            break
+        docs.append(doc)
+        total += len(doc)
     V = int(model.cfg.d_vocab)
     for d in docs:
         if d.min() < 0 or d.max() >= V:
             raise ValueError(f"token id {int(d.max() if d.max() >= V else d.min())} is outside the "
                              f"model's vocabulary of {V}: was this dataset made with another model?")
     return docs, name
+
+
+def _sequences(model, dataset, batch: int = 512):
+    """The rows of ``dataset`` as token-id lists, in order; texts are tokenised ``batch`` at a time."""
+    if isinstance(dataset, hfds.Dataset):
+        if "token_ids" in dataset.column_names:
+            column, tokenise = "token_ids", False
+        elif "text" in dataset.column_names:
+            column, tokenise = "text", True
+        else:
+            raise ValueError(f"dataset has neither 'token_ids' nor 'text' (columns: {dataset.column_names})")
+        for i in range(0, len(dataset), batch):
+            rows = dataset[i:i + batch][column]
+            yield from (_tokenize(model, rows) if tokenise else rows)
+    elif isinstance(dataset, Sequence) and all(isinstance(d, str) for d in dataset):
+        texts = list(dataset)
+        for i in range(0, len(texts), batch):
+            yield from _tokenize(model, texts[i:i + batch])
+    elif isinstance(dataset, Sequence):
+        yield from dataset
+    else:
+        raise TypeError(f"cannot read a {type(dataset).__name__}: pass a Faithful dataset folder, a "
+                        "datasets.Dataset with 'text' or 'token_ids', a list of str or of token-id lists")
 
 
 def _tokenize(model, texts: list[str]) -> list[list[int]]:

@@ -39,6 +39,7 @@ from ..activations import iter_activations, lm_precision, random_token_contexts
 from ..models import model_name
 from ..sae.load import load_sae, sae_hook
 from ..storage import Result
+from .intervals import LEVEL, t_interval
 
 UNITS = ("sequence", "token")
 DEFAULT_THRESHOLD = 0.1
@@ -260,13 +261,14 @@ class FFRTable(Result):
     """FFR per training dataset, averaged over seeds (App. C.2)."""
 
     rows: list[dict[str, Any]]
-    """One dict per dataset: dataset, ffr (mean over seeds), ffr_seeds, ffr_token (token unit)."""
+    """One dict per dataset: dataset, ffr (mean over seeds), ffr_seeds (each the mean over the
+    random-token draws), ffr_draws, ffr_interval (t over seeds; None for one seed), ffr_token."""
     threshold: float
     """τ used."""
     unit: str
     """Counting unit of ``ffr``."""
     results: dict[str, list[FFRResult]] = field(default_factory=dict, repr=False)
-    """The per-SAE results (frequencies), by dataset."""
+    """The per-SAE results (frequencies) on the first random-token draw, by dataset."""
     name: str = "ffr_table"
     """Used for file names by :meth:`save`."""
 
@@ -274,10 +276,12 @@ class FFRTable(Result):
         return {"name": self.name, "threshold": self.threshold, "unit": self.unit, "rows": self.rows}
 
     def to_markdown(self, digits: int = 4) -> str:
-        lines = ["| dataset | FFR | per seed |", "|---|---|---|"]
+        lines = [f"| dataset | FFR | {LEVEL:.0%} interval (seeds) | per seed (mean over draws) |", "|---|---|---|---|"]
         for r in self.rows:
             seeds = ", ".join(f"{x:.{digits}f}" for x in r["ffr_seeds"])
-            lines.append(f"| {r['dataset']} | {r['ffr']:.{digits}f} | {seeds} |")
+            ci = r.get("ffr_interval")
+            ci_text = f"[{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]" if ci else "— (one seed)"
+            lines.append(f"| {r['dataset']} | {r['ffr']:.{digits}f} | {ci_text} | {seeds} |")
         return "\n".join(lines)
 
     def figure(self, ax=None):
@@ -297,15 +301,19 @@ class FFRTable(Result):
 
 def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int = 8_192,
               seq_len: int = DEFAULT_SEQ_LEN, threshold: float = DEFAULT_THRESHOLD, unit: str = "sequence",
-              seed: int = 0, batch_size: int = 16, progress: bool = False, name: str = "ffr_table",
-              autocast: bool | None = None) -> FFRTable:
+              seed: int = 0, n_draws: int = 3, batch_size: int = 16, progress: bool = False,
+              name: str = "ffr_table", autocast: bool | None = None) -> FFRTable:
     """Table C.2: FFR of every SAE in ``runs`` (dataset → seed SAEs or checkpoint folders, e.g.
     ``faithful.train_corpora(model, profile)``), averaged over seeds.
 
-    Every SAE sees the same random tokens, and SAEs at the same hook share one model pass.
+    Each SAE is measured on ``n_draws`` independent random-token draws (seeds ``seed``,
+    ``seed + 1`` …) of ``n_tokens`` each, and its FFR is the mean over the draws; a row holds
+    every value, the mean over seeds and, from two seeds on, a t interval over the seeds. Every
+    SAE sees the same random tokens, and SAEs at the same hook share one model pass per draw.
     """
     _check_unit(unit)
-    tokens, _ = _random_inputs(model, n_tokens, seq_len, seed)
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
     prec = lm_precision(model, autocast)
     by_hook: dict[str, list[tuple[Hashable, int, Any]]] = defaultdict(list)
     for ds, saes in runs.items():
@@ -314,15 +322,23 @@ def ffr_table(model, runs: Mapping[Hashable, Sequence], *, n_tokens: int = 8_192
         for j, s in enumerate(saes):
             s = load_sae(s)
             by_hook[sae_hook(model, s)].append((ds, j, s))
-    results: dict[Hashable, dict[int, FFRResult]] = defaultdict(dict)
-    for hook, items in by_hook.items():
-        counts = firing_counts(model, [s for *_, s in items], tokens, hook=hook, batch_size=batch_size,
-                               progress=progress, autocast=prec == "bf16")
-        names = [f"{ds}-seed{j}" for ds, j, _ in items]
-        for (ds, j, _), res in zip(items, _results(*counts, names, threshold, unit, seq_len, seed, prec)):
-            results[ds][j] = res
-    ordered = {str(ds): [results[ds][j] for j in sorted(results[ds])] for ds in runs}
-    rows = [{"dataset": ds, "ffr": float(np.mean([r.ratio for r in res])), "ffr_seeds": [r.ratio for r in res],
-             "ffr_token": float(np.mean([r.ffr_at(threshold, "token") for r in res])), "d_sae": res[0].d_sae}
-            for ds, res in ordered.items()]
-    return FFRTable(rows=rows, threshold=float(threshold), unit=unit, results=ordered, name=name)
+    results: dict[Hashable, dict[int, list[FFRResult]]] = defaultdict(lambda: defaultdict(list))
+    for draw in range(seed, seed + n_draws):
+        tokens, _ = _random_inputs(model, n_tokens, seq_len, draw)
+        for hook, items in by_hook.items():
+            counts = firing_counts(model, [s for *_, s in items], tokens, hook=hook, batch_size=batch_size,
+                                   progress=progress, autocast=prec == "bf16")
+            names = [f"{ds}-seed{j}" for ds, j, _ in items]
+            for (ds, j, _), res in zip(items, _results(*counts, names, threshold, unit, seq_len, draw, prec)):
+                results[ds][j].append(res)
+    rows = []
+    for ds in runs:
+        draws = [[r.ratio for r in results[ds][j]] for j in sorted(results[ds])]
+        per_seed = [float(np.mean(d)) for d in draws]
+        rows.append({"dataset": str(ds), "ffr": float(np.mean(per_seed)), "ffr_seeds": per_seed, "ffr_draws": draws,
+                     "ffr_interval": t_interval(per_seed).to_dict() if len(per_seed) > 1 else None,
+                     "ffr_token": float(np.mean([r.ffr_at(threshold, "token") for j in results[ds]
+                                                 for r in results[ds][j]])),
+                     "d_sae": results[ds][0][0].d_sae, "n_draws": n_draws})
+    first = {str(ds): [results[ds][j][0] for j in sorted(results[ds])] for ds in runs}
+    return FFRTable(rows=rows, threshold=float(threshold), unit=unit, results=first, name=name)

@@ -35,6 +35,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..storage import Result
+from .intervals import LEVEL, t_interval
 from ..sae.load import load_sae
 
 
@@ -226,7 +227,8 @@ class SFRTable(Result):
     index: tuple[str, ...]
     """Names of the key columns, e.g. ("dataset",) or ("target", "source")."""
     rows: list[dict[str, Any]]
-    """One dict per group: key columns, sfr (mean over seed pairs), sfr_pairs, top1, d_sae."""
+    """One dict per group: key columns, sfr (mean over seed pairs), sfr_pairs, sfr_interval (a
+    :class:`~faithful.metrics.intervals.Estimate` as a dict over the pairs; None for one pair), top1, d_sae."""
     threshold: float
     """The SFR threshold used."""
     chance: dict[str, float] = field(default_factory=dict)
@@ -239,27 +241,34 @@ class SFRTable(Result):
                 "chance": self.chance, "rows": self.rows}
 
     def to_markdown(self, digits: int = 4) -> str:
-        cols = [*self.index, "SFR", "top-1", "pairs"]
+        cols = [*self.index, "SFR", f"{LEVEL:.0%} interval", "range over pairs", "top-1", "pairs"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in self.rows:
-            lines.append("| " + " | ".join([*(str(r[k]) for k in self.index), f"{r['sfr']:.{digits}f}",
-                                            f"{r['top1']:.{digits}f}", str(len(r["sfr_pairs"]))]) + " |")
+            ci = r.get("sfr_interval")
+            ci_text = f"[{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]" if ci else "— (one pair)"
+            spread = f"{min(r['sfr_pairs']):.{digits}f} – {max(r['sfr_pairs']):.{digits}f}"
+            lines.append("| " + " | ".join([*(str(r[k]) for k in self.index), f"{r['sfr']:.{digits}f}", ci_text,
+                                            spread, f"{r['top1']:.{digits}f}", str(len(r["sfr_pairs"]))]) + " |")
         if self.chance:
             lines.append("")
             lines.append("chance (two random inits): " + ", ".join(f"{k}: {v:.4f}" for k, v in self.chance.items()))
         return "\n".join(lines)
 
     def figure(self, ax=None):
+        """The SFR of each group (bar: mean over seed pairs; dots: every pair), top-1 ticks, chance."""
         if ax is None:
             _, ax = plt.subplots(figsize=(1.2 * len(self.rows) + 2.5, 3.5))
-        labels = [" / ".join(str(r[k]) for k in self.index) for r in self.rows]
-        ax.bar(labels, [r["sfr"] for r in self.rows], color="tab:blue", label="Hungarian SFR")
-        ax.scatter(labels, [r["top1"] for r in self.rows], color="black", marker="_", s=300, label="top-1 ratio")
+        x = np.arange(len(self.rows))
+        ax.bar(x, [r["sfr"] for r in self.rows], color="tab:blue", label="Hungarian SFR (mean over seed pairs)")
+        for i, r in enumerate(self.rows):  # every pair, so that the spread is seen, not summarised
+            ax.scatter([i] * len(r["sfr_pairs"]), r["sfr_pairs"], color="navy", s=12, zorder=3,
+                       label="one seed pair" if i == 0 else None)
+        ax.scatter(x, [r["top1"] for r in self.rows], color="black", marker="_", s=300, label="top-1 ratio")
         for i, v in enumerate(self.chance.values()):
             ax.axhline(v, color="grey", ls=":", label="random init" if i == 0 else None)
+        ax.set_xticks(x, [" / ".join(str(r[k]) for k in self.index) for r in self.rows], rotation=30)
         ax.set_ylabel(f"shared feature ratio (cos > {self.threshold})")
         ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=8)
         return ax.figure
 
@@ -274,7 +283,8 @@ def sfr_table(runs: Mapping[Hashable, Sequence], threshold: float = 0.7, *,
     3 use tuple keys ``(target model, source)`` with ``index=("target", "source")``: the
     target is the model whose activations the SAE reads, the source the model (or, with one
     model, the generation setting) that produced the training text. Every pair of seeds in a
-    group is matched; the row holds the mean. ``chance=True`` adds the random-init SFR per shape.
+    group is matched; the row holds the mean, every pair's value and, from three seeds on, an
+    interval over the pairs. ``chance=True`` adds the random-init SFR per shape.
     """
     index = tuple(index)
     rows, shapes = [], set()
@@ -293,6 +303,8 @@ def sfr_table(runs: Mapping[Hashable, Sequence], threshold: float = 0.7, *,
         shapes.update(group_shapes)
         rows.append({**dict(zip(index, key_t)), "sfr": float(np.mean([r.ratio for r in results])),
                      "sfr_pairs": [r.ratio for r in results],
+                     "sfr_interval": t_interval([r.ratio for r in results], "seed pairs (sharing seeds)").to_dict()
+                     if len(results) > 1 else None,
                      "top1": float(np.mean([r.top1_ratio for r in results])),
                      "mean_matched_similarity": float(np.mean([r.similarities.mean() for r in results])),
                      "d_sae": int(group_shapes[0][0])})

@@ -100,8 +100,12 @@ def test_faithful_folder_save_load_and_table(tiny_model, home):
     table = stats_table([s, other])
     lines = table.splitlines()
     assert len(lines) == 4 and "first-tok cov %" in lines[0] and lines[3].startswith("| web |")
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert head.index("ε") == head.index("KL(model‖data)") + 1 and cells[head.index("ε")] == "0.001"
     rows = stats_table([s, other], markdown=False)
     assert [r["name"] for r in rows] == ["f", "web"] and rows[1]["total_tokens"] == other.total_tokens
+    assert rows[0]["epsilon"] == faithful.data.stats.EPSILON
 
 
 def test_bad_inputs(tiny_model, home):
@@ -111,6 +115,11 @@ def test_bad_inputs(tiny_model, home):
         dataset_stats(tiny_model, [[], []])
     with pytest.raises(ValueError, match="epsilon"):
         dataset_stats(tiny_model, [[5]], epsilon=0)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
+            dataset_stats(tiny_model, [[5]], max_tokens=bad)
+    with pytest.raises(ValueError, match="max_docs must be a positive integer"):
+        dataset_stats(tiny_model, [[5]], max_docs=0)
     with pytest.raises(TypeError, match="cannot read"):
         dataset_stats(tiny_model, {"text": "x"})
     with pytest.raises(ValueError, match="unknown corpus .*nothing-here.*no such path"):
@@ -130,3 +139,34 @@ def test_any_corpus_load_corpus_takes(tiny_model, home):
     ids = [[5, 6, 7], [8, 5]]
     datasets.Dataset.from_dict({"token_ids": ids}).save_to_disk(str(home / "ids"))  # no text column
     assert dataset_stats(tiny_model, home / "ids").total_tokens == dataset_stats(tiny_model, ids).total_tokens == 5
+
+
+def test_max_tokens_cuts_the_last_document_by_hand(peaked):
+    docs = [[100, 60, 70], [], [101, 80], [102, 60, 60, 60], [100, 90]]
+    s = dataset_stats(peaked, docs, max_tokens=7, epsilon=1e-3)
+    # kept: [100, 60, 70], [101, 80], then [102, 60] cut from [102, 60, 60, 60]; [100, 90] never read
+    assert (s.total_tokens, s.sequences, s.length_min, s.length_max) == (7, 3, 2, 3)
+    assert s.unique_tokens == 6 and s.unique_first_tokens == 3  # 100 60 70 101 80 102; firsts 100 101 102
+    assert s == dataset_stats(peaked, [[100, 60, 70], [101, 80], [102, 60]], epsilon=1e-3)
+    # Q = (⅓, ⅓, ⅓) on 100, 101, 102 and P = (½, ¼, ¼): KL(Q ‖ P) = ⅓ ln(2/3) + ⅔ ln(4/3)
+    assert s.kl_data_model == pytest.approx(math.log(2 / 3) / 3 + 2 * math.log(4 / 3) / 3, abs=1e-6)
+    # a cut exactly at a document's end keeps it whole and reads no further
+    assert dataset_stats(peaked, docs, max_tokens=5).sequences == 2
+    # a budget above the corpus uses it whole: total_tokens says how many were used
+    assert dataset_stats(peaked, docs, max_tokens=1_000).total_tokens == 11
+    # with max_docs too, the first limit reached stops
+    assert dataset_stats(peaked, docs, max_docs=2, max_tokens=7).total_tokens == 3
+
+
+def test_max_tokens_compares_corpora_of_different_lengths_at_one_count(tiny_model):
+    import datasets
+
+    short = [[5 + i % 7, 9] for i in range(100)]                    # 2 tokens per document
+    long = datasets.Dataset.from_dict({"token_ids": [list(range(10, 47)) for _ in range(20)]})  # 37
+    a, b = (dataset_stats(tiny_model, d, max_tokens=150) for d in (short, long))
+    assert a.total_tokens == b.total_tokens == 150
+    assert (a.sequences, b.sequences) == (75, 5) and b.length_min == 150 - 4 * 37
+    texts = ["the cat sat on the mat and then it slept all day long"] * 600  # texts: tokenised as needed
+    n = len(tiny_model.tokenizer(texts[0], add_special_tokens=False)["input_ids"])
+    c = dataset_stats(tiny_model, texts, max_tokens=150)
+    assert c.total_tokens == 150 and c.sequences == -(-150 // n) and c.length_min == 150 - (c.sequences - 1) * n

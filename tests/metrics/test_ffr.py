@@ -97,6 +97,15 @@ def test_table_averages_seeds_with_one_model_pass(tiny_model, tmp_path):
     assert rows["planted"]["ffr"] == pytest.approx(4 / 32) and rows["planted"]["ffr_seeds"] == [4 / 32, 4 / 32]
     assert rows["mixed"]["ffr"] == pytest.approx(2 / 32) and rows["mixed"]["ffr_token"] == pytest.approx(2 / 32)
     assert "| mixed | 0.0625 |" in table.to_markdown()
+    # three random-token draws per SAE (the default), an interval over the seeds
+    assert rows["planted"]["ffr_draws"] == [[4 / 32] * 3] * 2 and rows["planted"]["n_draws"] == 3
+    assert rows["planted"]["ffr_interval"]["low"] == rows["planted"]["ffr_interval"]["high"] == 4 / 32
+    assert rows["mixed"]["ffr_interval"]["low"] < 0 < 4 / 32 < rows["mixed"]["ffr_interval"]["high"]
+    assert [r.seed for r in table.results["planted"]] == [0, 0]  # the figure's curves: the first draw
+    one = ffr_table(tiny_model, {"planted": [sae]}, n_tokens=93, seq_len=32, n_draws=1)
+    assert one.rows[0]["ffr_interval"] is None and "— (one seed)" in one.to_markdown()
+    with pytest.raises(ValueError, match="n_draws"):
+        ffr_table(tiny_model, {"planted": [sae]}, n_tokens=93, n_draws=0)
     table.save(tmp_path)
     assert json.loads((tmp_path / "ffr_table.json").read_text())["rows"][0]["dataset"] == "planted"
     assert (tmp_path / "ffr_table.png").exists()

@@ -149,6 +149,12 @@ def test_result_and_table_save(tmp_path):
     rows = {r["dataset"]: r for r in table.rows}
     assert rows["same"]["sfr"] == 1.0 and len(rows["same"]["sfr_pairs"]) == 3
     assert rows["half"]["sfr"] == pytest.approx(0.5)
+    # three seeds: an interval over the three pairs; two seeds: one pair, no interval
+    assert rows["same"]["sfr_interval"]["low"] == rows["same"]["sfr_interval"]["high"] == 1.0
+    assert rows["half"]["sfr_interval"] is None and "— (one pair)" in table.to_markdown()
+    noisy = sfr_table({"noisy": [a, a + 0.3 * _rand(60, 64, 4), a + 0.6 * _rand(60, 64, 5)]}, chance=False)
+    ci, pairs = noisy.rows[0]["sfr_interval"], noisy.rows[0]["sfr_pairs"]
+    assert ci["low"] < min(pairs) <= noisy.rows[0]["sfr"] <= max(pairs) < ci["high"] and ci["n"] == 3
     assert set(table.chance) == {"60x64"} and 0 <= table.chance["60x64"] < 0.5
     assert "| same | 1.0000" in table.to_markdown()
     table.save(tmp_path)
