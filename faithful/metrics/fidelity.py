@@ -52,6 +52,7 @@ from ..data.splits import split_rule
 from ..models import content_mask, model_name, special_token_ids
 from ..sae.load import load_sae, sae_hook
 from ..storage import Result
+from .intervals import Estimate, t_interval
 
 METRICS = ("explained_variance", "l2", "ce_diff")
 """The three App. B heatmaps, in drawing order."""
@@ -123,27 +124,47 @@ class FidelityMatrix(Result):
     columns: list[str]
     """Evaluation set labels."""
     cells: dict[str, dict[str, FidelityResult]]
-    """``cells[row][column]``."""
+    """``cells[row][column]``: the row's first SAE (seed 42 in the notebooks, as App. B shows)."""
     model: str = ""
     """Name of the language model."""
     settings: dict[str, Any] = field(default_factory=dict)
     """n_tokens, context_size, seed, precision – identical for every cell."""
     name: str = "fidelity_matrix"
     """Used for file names by :meth:`save`."""
+    seed_cells: dict[str, dict[str, list[FidelityResult]]] = field(default_factory=dict)
+    """``seed_cells[row][column]``: every SAE of the row (its seeds), the first included."""
 
     def values(self, metric: str):
-        """``[len(rows), len(columns)]`` numpy array of one metric."""
+        """``[len(rows), len(columns)]`` numpy array of one metric (the rows' first SAEs)."""
         return np.array([[getattr(self.cells[r][c], metric) for c in self.columns] for r in self.rows])
 
+    def seed_values(self, metric: str):
+        """``[len(rows), len(columns), seeds]`` numpy array of one metric, every SAE of each row."""
+        seeds = self.seed_cells or {r: {c: [self.cells[r][c]] for c in self.columns} for r in self.rows}
+        return np.array([[[getattr(x, metric) for x in seeds[r][c]] for c in self.columns] for r in self.rows])
+
+    def row_estimate(self, row: str, metric: str = "ce_diff", over_columns: str = "mean") -> Estimate:
+        """A row's ``mean`` (or ``std``: how uneven) of ``metric`` across the columns, per seed, with a
+        t interval over the seeds."""
+        if over_columns not in ("mean", "std"):
+            raise ValueError(f"over_columns must be 'mean' or 'std', got {over_columns!r}")
+        per_seed = getattr(self.seed_values(metric)[self.rows.index(row)], over_columns)(axis=0)
+        return t_interval(per_seed)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model, "settings": self.settings, "rows": self.rows, "columns": self.columns,
-                "cells": {r: {c: self.cells[r][c].to_dict() for c in self.columns} for r in self.rows}}
+        return {"name": self.name, "model": self.model, "settings": self.settings, "rows": self.rows,
+                "columns": self.columns,
+                "cells": {r: {c: self.cells[r][c].to_dict() for c in self.columns} for r in self.rows},
+                "seed_cells": {r: {c: [x.to_dict() for x in v] for c, v in row.items()}
+                               for r, row in self.seed_cells.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FidelityMatrix":
         cells = {r: {c: FidelityResult(**v) for c, v in row.items()} for r, row in d["cells"].items()}
+        seeds = {r: {c: [FidelityResult(**x) for x in v] for c, v in row.items()}
+                 for r, row in d.get("seed_cells", {}).items()}
         return cls(list(d["rows"]), list(d["columns"]), cells, d.get("model", ""), dict(d.get("settings", {})),
-                   d.get("name", "fidelity_matrix"))
+                   d.get("name", "fidelity_matrix"), seeds)
 
     def figure(self, metrics: Sequence[str] = METRICS):
         """Three annotated heatmaps (explained variance, L2, CE difference), as in App. B."""
@@ -325,16 +346,21 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
                     out_dir: str | Path | None = None) -> FidelityMatrix:
     """Every SAE (rows) on every evaluation set (columns), same budget and seed in every cell.
 
-    ``saes``: label → SAE or checkpoint folder (all at the same hook). ``eval_sets``: label →
-    anything :func:`eval_contexts` takes, read at ``split`` (default: the held-out documents). With ``out_dir`` each finished column is written to
-    ``out_dir/columns/<label>.json`` and reused when asked again with the same settings, rows and
+    ``saes``: label → an SAE or checkpoint folder, or a list of them (the seeds of one training
+    dataset: each is measured, ``cells`` holds the first, ``seed_cells`` all); all at one hook.
+    ``eval_sets``: label → anything :func:`eval_contexts` takes, read at ``split`` (default: the
+    held-out documents). With ``out_dir`` each finished column is written to
+    ``out_dir/columns/<label>.json`` and reused when asked again with the same settings, SAEs and
     evaluation tokens (a digest of them: the label alone may name other data next time);
     the matrix itself is saved there (JSON + PNG).
     """
     if not saes or not eval_sets:
         raise ValueError("fidelity_matrix needs at least one SAE and one evaluation set")
-    saes = {name: load_sae(s) for name, s in saes.items()}
-    hooks = {name: check_sae(model, s) for name, s in saes.items()}
+    groups = {name: list(s) if isinstance(s, (list, tuple)) else [s] for name, s in saes.items()}
+    if any(not g for g in groups.values()):
+        raise ValueError(f"every row needs at least one SAE: {[n for n, g in groups.items() if not g]} hold none")
+    flat = {f"{name}#{i}": load_sae(s) for name, g in groups.items() for i, s in enumerate(g)}
+    hooks = {key: check_sae(model, s) for key, s in flat.items()}
     if len(set(hooks.values())) > 1:
         raise ValueError(f"all SAEs of a matrix must read the same hook, got {hooks}")
     hook = next(iter(hooks.values()))
@@ -342,25 +368,26 @@ def fidelity_matrix(model, saes: Mapping[str, Any], eval_sets: Mapping[str, Any]
     settings = {"n_tokens": n_tokens, "context_size": context_size, "seed": seed, "precision": prec,
                 "split": split_rule(split),
                 "sink_norm_ratio": SINK_NORM_RATIO, "batch_size": batch_size, "hook": hook,
-                "model": model_name(model), "saes": {r: _fingerprint(s) for r, s in saes.items()}}
-    cells: dict[str, dict[str, FidelityResult]] = {r: {} for r in saes}
+                "model": model_name(model), "saes": {k: _fingerprint(s) for k, s in flat.items()}}
+    seed_cells: dict[str, dict[str, list[FidelityResult]]] = {name: {} for name in groups}
     for col, ds in tqdm(eval_sets.items(), desc="evaluation sets", disable=not progress):
         tokens = eval_contexts(model, ds, n_tokens=n_tokens, context_size=context_size, seed=seed, split=split)
         # A column is reused only for the same tokens: a label may name other data next time.
         col_settings = {**settings, "tokens": token_digest(tokens)}
-        cached = _load_column(out_dir, col, col_settings, list(saes))
+        cached = _load_column(out_dir, col, col_settings, list(flat))
         if cached is None:
-            accs = _evaluate(model, saes, tokens, hook, batch_size=batch_size, prec=prec,
+            accs = _evaluate(model, flat, tokens, hook, batch_size=batch_size, prec=prec,
                              progress=progress, desc=col)
-            cached = {r: accs[r].result(saes[r].cfg.d_in, hook=hook, context_size=context_size, seed=seed,
-                                        precision=prec,
-                                        sae=r, dataset=col) for r in saes}
+            cached = {k: accs[k].result(flat[k].cfg.d_in, hook=hook, context_size=context_size, seed=seed,
+                                        precision=prec, sae=k.rsplit("#", 1)[0], dataset=col) for k in flat}
             if out_dir is not None:
                 storage.write_json(Path(out_dir) / "columns" / f"{_safe(col)}.json",
-                                   {"settings": col_settings, "cells": {r: v.to_dict() for r, v in cached.items()}})
-        for r in saes:
-            cells[r][col] = cached[r]
-    matrix = FidelityMatrix(list(saes), list(eval_sets), cells, model_name(model), settings)
+                                   {"settings": col_settings, "cells": {k: v.to_dict() for k, v in cached.items()}})
+        for name, g in groups.items():
+            seed_cells[name][col] = [cached[f"{name}#{i}"] for i in range(len(g))]
+    cells = {name: {col: v[0] for col, v in row.items()} for name, row in seed_cells.items()}
+    matrix = FidelityMatrix(list(groups), list(eval_sets), cells, model_name(model), settings,
+                            seed_cells=seed_cells if any(len(g) > 1 for g in groups.values()) else {})
     if out_dir is not None:
         matrix.save(out_dir)
     return matrix

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.linear_model import LogisticRegression
@@ -45,6 +46,7 @@ from ..data.tasks import TASKS, load_task
 from ..models import model_name
 from ..sae.load import load_sae
 from ..storage import Result
+from .intervals import LEVEL, Estimate, bootstrap_interval
 from .fidelity import check_sae
 
 INPUTS = ("baseline", "sae", "reconstruction")
@@ -86,6 +88,8 @@ class ProbeResult(Result):
     """Which SAE of that label (checkpoint folder or index)."""
     precision: str = ""
     """The language model's precision, ``bf16`` (autocast) or ``fp32`` (:mod:`faithful.precision`)."""
+    correct: dict[str, list[int]] = field(default_factory=dict)
+    """Per input, 1 for each test text (in order) its probe labelled right: what intervals resample."""
 
     name: str = ""
     """Used for file names by :meth:`save` (default ``probe_<task>``)."""
@@ -124,14 +128,40 @@ class ProbeTable(Result):
             out.setdefault(r.task, {}).setdefault(r.sae, []).append(getattr(r, metric)[input])
         return {t: {s: sum(v) / len(v) for s, v in row.items()} for t, row in out.items()}
 
+    def text_scores(self, task: str, sae: str, input: str = "reconstruction") -> np.ndarray:
+        """``[n_test]``: for each test text, the share of ``sae``'s seeds whose probe labelled it right."""
+        runs = [r.correct[input] for r in self.results if r.task == task and r.sae == sae and input in r.correct]
+        if not runs:
+            raise ValueError(f"no per-text results for task {task!r}, SAE {sae!r}, input {input!r} "
+                             "(results saved before they were recorded: run probe_table again)")
+        return np.mean(np.asarray(runs, dtype=float), axis=0)
+
+    def interval(self, task: str, sae: str, input: str = "reconstruction") -> Estimate:
+        """Accuracy (mean over seeds) with a bootstrap interval over the test texts."""
+        return bootstrap_interval(self.text_scores(task, sae, input), "test texts")
+
+    def difference(self, task: str, a: str, b: str, input: str = "reconstruction") -> Estimate:
+        """Accuracy of ``a`` minus ``b``, paired on the same test texts (bootstrap over the texts)."""
+        return bootstrap_interval(self.text_scores(task, a, input) - self.text_scores(task, b, input),
+                                  "test texts, paired")
+
     def to_markdown(self, input: str = "reconstruction", metric: str = "accuracy") -> str:
         tab = self.table(input, metric)
         base = self.table("baseline", metric)
         cols = list(dict.fromkeys(s for row in tab.values() for s in row))
         lines = ["| task | baseline | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+
+        def cell(task, col, value):
+            if metric != "accuracy" or not any(r.correct for r in self.results):
+                return f"{value:.4f}"
+            ci = self.interval(task, col, input)
+            return f"{value:.4f} [{ci.low:.3f}, {ci.high:.3f}]"
         for task, row in tab.items():
             b = sum(base[task].values()) / len(base[task])
-            lines.append(f"| {task} | {b:.4f} | " + " | ".join(f"{row.get(c, float('nan')):.4f}" for c in cols) + " |")
+            lines.append(f"| {task} | {b:.4f} | " + " | ".join(cell(task, c, row[c]) if c in row else "nan"
+                                                            for c in cols) + " |")
+        if metric == "accuracy" and any(r.correct for r in self.results):
+            lines.append(f"\n[{LEVEL:.0%} bootstrap interval over the test texts, seeds averaged per text]")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,8 +184,12 @@ class ProbeTable(Result):
             for j, col in enumerate(["baseline"] + cols):
                 vals = [sum(base[t].values()) / len(base[t]) if col == "baseline" else tab[t].get(col, 0.0)
                         for t in tasks]
+                err = None
+                if col != "baseline" and metric == "accuracy" and any(r.correct for r in self.results):
+                    cis = [self.interval(t, col, inp) for t in tasks]
+                    err = [[v - c.low for v, c in zip(vals, cis)], [c.high - v for v, c in zip(vals, cis)]]
                 ax.bar([i + (j - len(cols) / 2) * w for i in range(len(tasks))], vals, w, label=col,
-                       color="0.3" if col == "baseline" else None)
+                       color="0.3" if col == "baseline" else None, yerr=err, capsize=2)
             ax.set_xticks(range(len(tasks)), tasks)
             ax.set_title(f"probe on {'SAE latents' if inp == 'sae' else 'reconstruction'}")
             ax.set_ylim(0, 1)
@@ -255,8 +289,10 @@ def sae_features(sae, acts: torch.Tensor, offsets: torch.Tensor, chunk: int = 40
     return (lat / counts[:, None]).float(), (rec / counts[:, None]).float()
 
 
-def fit_probe(x_train, y_train, x_test, y_test, *, C: float = 1.0, max_iter: int = 1000) -> tuple[float, float, str]:
-    """StandardScaler + LogisticRegression; ``(accuracy, f1, f1_average)`` on the test set."""
+def fit_probe(x_train, y_train, x_test, y_test, *, C: float = 1.0, max_iter: int = 1000
+              ) -> tuple[float, float, str, list[int]]:
+    """StandardScaler + LogisticRegression; ``(accuracy, f1, f1_average, correct)`` on the test set,
+    ``correct`` holding 1 for each test text the probe labels right (for bootstrap intervals)."""
     y_train, y_test = _np(y_train), _np(y_test)
     if len(set(y_train.tolist())) < 2:
         raise ValueError("the training labels hold a single class: a probe needs at least two")
@@ -266,7 +302,8 @@ def fit_probe(x_train, y_train, x_test, y_test, *, C: float = 1.0, max_iter: int
         clf.fit(_np(x_train), y_train)
     pred = clf.predict(_np(x_test))
     average = "binary" if len(set(y_train.tolist()) | set(y_test.tolist())) <= 2 else "macro"
-    return float(accuracy_score(y_test, pred)), float(f1_score(y_test, pred, average=average, zero_division=0)), average
+    return (float(accuracy_score(y_test, pred)), float(f1_score(y_test, pred, average=average, zero_division=0)),
+            average, (pred == y_test).astype(int).tolist())
 
 
 def _np(x):
@@ -300,16 +337,17 @@ def _probe_on(data, sae, *, task, hook, seed, context_size, C, max_iter, sae_lab
     if sae.cfg.d_in != d_act:
         raise ValueError(f"the SAE takes d_in={sae.cfg.d_in} but the activations at {hook} have width {d_act}: "
                          "the SAE belongs to another model or hook")
-    acc, f1 = {}, {}
+    acc, f1, correct = {}, {}, {}
     if baseline is None:
         baseline = fit_probe(mean_pool(tr["acts"], tr["offsets"]), tr["labels"],
                              mean_pool(te["acts"], te["offsets"]), te["labels"], C=C, max_iter=max_iter)
-    acc["baseline"], f1["baseline"], average = baseline
+    acc["baseline"], f1["baseline"], average, correct["baseline"] = baseline
     (lat_tr, rec_tr), (lat_te, rec_te) = (sae_features(sae, d["acts"].float(), d["offsets"]) for d in (tr, te))
-    acc["sae"], f1["sae"], _ = fit_probe(lat_tr, tr["labels"], lat_te, te["labels"], C=C, max_iter=max_iter)
-    acc["reconstruction"], f1["reconstruction"], _ = fit_probe(rec_tr, tr["labels"], rec_te, te["labels"],
-                                                               C=C, max_iter=max_iter)
-    return ProbeResult(task=task, accuracy=acc, f1=f1, f1_average=average, n_train=len(tr["labels"]),
+    acc["sae"], f1["sae"], _, correct["sae"] = fit_probe(lat_tr, tr["labels"], lat_te, te["labels"],
+                                                         C=C, max_iter=max_iter)
+    acc["reconstruction"], f1["reconstruction"], _, correct["reconstruction"] = fit_probe(
+        rec_tr, tr["labels"], rec_te, te["labels"], C=C, max_iter=max_iter)
+    return ProbeResult(task=task, accuracy=acc, f1=f1, f1_average=average, correct=correct, n_train=len(tr["labels"]),
                        n_test=len(te["labels"]), hook=hook, seed=seed, context_size=context_size,
                        source=data["source"], sae=sae_label, sae_run=sae_run, precision=data.get("precision", ""))
 
@@ -341,7 +379,7 @@ def probe_table(model, saes: Mapping[str, Sequence[Any]], tasks: Sequence[str] =
             for run, sae in runs:
                 r = _probe_on(data, sae, task=task, hook=hook, seed=seed, context_size=context_size, C=C,
                               max_iter=max_iter, sae_label=name, sae_run=run, baseline=baseline)
-                baseline = (r.accuracy["baseline"], r.f1["baseline"], r.f1_average)
+                baseline = (r.accuracy["baseline"], r.f1["baseline"], r.f1_average, r.correct["baseline"])
                 results.append(r)
     table = ProbeTable(results)
     if out_dir is not None:

@@ -313,3 +313,23 @@ def test_budget_is_the_arguments_not_the_profile(tiny_model, monkeypatch):
         monkeypatch.setenv("FAITHFUL_PROFILE", name)
         results.append(run())
     assert results[0] == results[1] and results[0].context_size == 16 and 150 < results[0].n_tokens <= 200
+
+
+def test_matrix_rows_of_several_seeds(tiny_model, tmp_path):
+    d = tiny_model.cfg.d_model
+    saes = {"identity": [identity_sae(d), identity_sae(d)], "random": [random_sae(d), random_sae(d, seed=1)]}
+    sets = {"first": TEXTS[:16], "second": TEXTS[16:]}
+    kw = dict(n_tokens=120, context_size=16, seed=0, batch_size=4, autocast=False, progress=False, split=None)
+    m = faithful.fidelity_matrix(tiny_model, saes, sets, out_dir=tmp_path, **kw)
+    ce = m.seed_values("ce_diff")
+    assert ce.shape == (2, 2, 2) and abs(ce[0]).max() < 1e-5 and (ce[1] != 0).all()
+    assert ce[1, :, 0].tolist() == m.values("ce_diff")[1].tolist()  # cells: each row's first SAE
+    single = faithful.reconstruction_metrics(tiny_model, saes["random"][1], sets["first"], **kw)
+    assert ce[1, 0, 1] == pytest.approx(single.ce_diff, rel=1e-6)
+    est = m.row_estimate("random", "ce_diff")
+    assert est.n == 2 and est.low <= ce[1].mean(0).min() <= ce[1].mean(0).max() <= est.high
+    assert m.row_estimate("random", "ce_diff", "std").mean == pytest.approx(ce[1].std(0).mean())
+    back = faithful.FidelityMatrix.from_dict(json.loads((tmp_path / "fidelity_matrix.json").read_text()))
+    assert back.seed_values("ce_diff").tolist() == ce.tolist()
+    with pytest.raises(ValueError, match="over_columns"):
+        m.row_estimate("random", "ce_diff", "max")

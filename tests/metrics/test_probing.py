@@ -1,6 +1,8 @@
 """SAE probing: separable data is learned, pooling ignores padding and pools after the SAE,
 an identity SAE matches the baseline, tasks load deterministically, activations are cached,
 and bad inputs fail clearly."""
+import json
+
 import pytest
 import torch
 
@@ -30,10 +32,10 @@ def test_probe_on_separable_data_is_near_perfect():
     y = torch.arange(400) % 3
     centres = torch.randn(3, 20, generator=g) * 5
     x = centres[y] + torch.randn(400, 20, generator=g)
-    acc, f1, average = probing.fit_probe(x[:300], y[:300], x[300:], y[300:])
-    assert acc > 0.98 and f1 > 0.98 and average == "macro"
+    acc, f1, average, correct = probing.fit_probe(x[:300], y[:300], x[300:], y[300:])
+    assert acc > 0.98 and f1 > 0.98 and average == "macro" and sum(correct) / len(correct) == acc
     # labels independent of the features: chance level
-    acc, _, average = probing.fit_probe(x[:300], torch.randint(0, 2, (300,), generator=g), x[300:],
+    acc, _, average, _ = probing.fit_probe(x[:300], torch.randint(0, 2, (300,), generator=g), x[300:],
                                         torch.randint(0, 2, (100,), generator=g))
     assert 0.3 < acc < 0.7 and average == "binary"
 
@@ -116,6 +118,13 @@ def test_probe_caches_activations(tiny_model, home, monkeypatch):
     table = faithful.probe_table(tiny_model, {"a": [sae, sae]}, ["sst2"], out_dir=home / "t", **kw)
     assert table.table()["sst2"]["a"] == r.accuracy["reconstruction"]
     assert (home / "t" / "probing.png").is_file() and "| sst2 |" in table.to_markdown()
+    # intervals over the test texts; an SAE paired with itself differs by exactly nothing
+    ci = table.interval("sst2", "a")
+    assert ci.low <= r.accuracy["reconstruction"] <= ci.high and ci.n == 12
+    same = table.difference("sst2", "a", "a")
+    assert same.low == same.high == 0
+    saved = faithful.ProbeTable.from_dict(json.loads((home / "t" / "probing.json").read_text()))
+    assert saved.interval("sst2", "a") == ci
 
 
 # ----------------------------------------------------------------------------- bad inputs
