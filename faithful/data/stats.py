@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .. import storage
+from ..intervals import bootstrap_statistic
 from ..storage import Result
 from ..models import model_name, special_token_ids, start_token_id
 from .corpora import dataset_label, load_corpus
@@ -96,6 +97,10 @@ class DatasetStats(Result):
     """The model's 10 most likely first tokens: dicts id, token, model_p, data_freq."""
     top_data: list = field(default_factory=list)
     """The corpus's 10 most frequent first tokens: dicts id, token, model_p, data_freq."""
+    intervals: dict = field(default_factory=dict)
+    """Bootstrap intervals over the documents (:func:`faithful.intervals.bootstrap_statistic`):
+    ``kl_model_data`` and ``coverage_gap`` (first-token minus all-token coverage, in %), each an
+    :class:`~faithful.intervals.Estimate` as a dict; empty for fewer than 2 documents."""
     rank_curves: dict = field(default_factory=dict)
     """Rank-frequency curves (``model_first``, ``data_first``, ``data_all``): [[rank, p], …], log-spaced ranks."""
 
@@ -190,8 +195,30 @@ def dataset_stats(model, dataset, *, name: str | None = None, max_docs: int | No
         unique_first_tokens=int((first > 0).sum()), first_token_coverage=100.0 * float((first > 0).sum()) / V,
         epsilon=float(epsilon), top_model=top(np.argsort(-p, kind="stable")),
         top_data=top(np.argsort(-first, kind="stable")), **div,
+        intervals=_bootstrap(docs, p, support, epsilon, div["kl_model_data"],
+                             100.0 * float((first > 0).sum() - (all_counts > 0).sum()) / V),
         rank_curves={"model_first": _rank_curve(p), "data_first": _rank_curve(q_all),
                      "data_all": _rank_curve(all_counts / all_counts.sum())})
+
+
+def _bootstrap(docs: list[np.ndarray], p: np.ndarray, support: np.ndarray, epsilon: float, kl: float,
+               gap: float, n_boot: int = 200, seed: int = 0) -> dict:
+    """KL(model ‖ data) and the coverage gap recomputed on ``n_boot`` resamples of the documents."""
+    if len(docs) < 2:
+        return {}
+    V = len(p)
+    firsts = np.array([d[0] for d in docs])
+    distinct = [np.unique(d) for d in docs]
+    rng = np.random.default_rng(seed)
+    kls, gaps = [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(docs), len(docs))
+        first = np.bincount(firsts[idx], minlength=V)[:V]
+        kls.append(first_token_divergences(p[support], first[support], epsilon)["kl_model_data"])
+        n_all = len(np.unique(np.concatenate([distinct[i] for i in idx])))
+        gaps.append(100.0 * ((first > 0).sum() - n_all) / V)
+    return {"kl_model_data": bootstrap_statistic(kl, kls, "documents").to_dict(),
+            "coverage_gap": bootstrap_statistic(gap, gaps, "documents").to_dict()}
 
 
 def first_token_divergences(p: np.ndarray, counts: np.ndarray, epsilon: float = EPSILON) -> dict:

@@ -39,7 +39,7 @@ from ..activations import iter_activations, lm_precision, random_token_contexts
 from ..models import model_name
 from ..sae.load import load_sae, sae_hook
 from ..storage import Result
-from .intervals import LEVEL, t_interval
+from ..intervals import LEVEL, t_interval
 
 UNITS = ("sequence", "token")
 DEFAULT_THRESHOLD = 0.1

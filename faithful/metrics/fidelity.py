@@ -52,7 +52,7 @@ from ..data.splits import split_rule
 from ..models import content_mask, model_name, special_token_ids
 from ..sae.load import load_sae, sae_hook
 from ..storage import Result
-from .intervals import Estimate, t_interval
+from ..intervals import Estimate, t_interval
 
 METRICS = ("explained_variance", "l2", "ce_diff")
 """The three App. B heatmaps, in drawing order."""

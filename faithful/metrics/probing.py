@@ -46,7 +46,7 @@ from ..data.tasks import TASKS, load_task
 from ..models import model_name
 from ..sae.load import load_sae
 from ..storage import Result
-from .intervals import LEVEL, Estimate, bootstrap_interval
+from ..intervals import LEVEL, Estimate, bootstrap_interval
 from .fidelity import check_sae
 
 INPUTS = ("baseline", "sae", "reconstruction")

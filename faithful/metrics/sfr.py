@@ -35,7 +35,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..storage import Result
-from .intervals import LEVEL, t_interval
+from ..intervals import LEVEL, t_interval
 from ..sae.load import load_sae
 
 

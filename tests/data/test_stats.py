@@ -10,6 +10,7 @@ from scipy.stats import entropy
 
 import faithful
 from faithful.data.stats import DatasetStats, dataset_stats, first_token_divergences, stats_table
+from faithful.intervals import Estimate
 
 
 def test_divergences_known_answer():
@@ -170,3 +171,15 @@ def test_max_tokens_compares_corpora_of_different_lengths_at_one_count(tiny_mode
     n = len(tiny_model.tokenizer(texts[0], add_special_tokens=False)["input_ids"])
     c = dataset_stats(tiny_model, texts, max_tokens=150)
     assert c.total_tokens == 150 and c.sequences == -(-150 // n) and c.length_min == 150 - (c.sequences - 1) * n
+
+
+def test_bootstrap_intervals_over_documents(tiny_model):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(10, 200, size=int(n)).tolist() for n in rng.integers(3, 30, size=300)]
+    st = dataset_stats(tiny_model, docs)
+    kl, gap = (Estimate(**st.intervals[k]) for k in ("kl_model_data", "coverage_gap"))
+    assert kl.low <= kl.high and kl.n == 200 and kl.method == "bootstrap over documents (200 resamples)"
+    assert kl.mean == st.kl_model_data
+    # the gap is first-token minus all-token coverage: negative here, and its interval too
+    assert gap.mean == pytest.approx(st.first_token_coverage - st.all_token_coverage) and gap.high < 0
+    assert dataset_stats(tiny_model, docs[:1]).intervals == {}

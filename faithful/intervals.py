@@ -80,6 +80,17 @@ def bootstrap_interval(values: Sequence[float], what: str = "items", n_boot: int
                     f"bootstrap over {len(x)} {what}")
 
 
+def bootstrap_statistic(point: float, replicates: Sequence[float], what: str) -> Estimate:
+    """A statistic that is not a mean (a KL, a count) with the percentile interval of its
+    bootstrap ``replicates`` (the statistic on resampled ``what``)."""
+    r = np.asarray(replicates, dtype=float)
+    if len(r) < 2:
+        raise ValueError(f"a bootstrap needs at least 2 replicates, got {len(r)}")
+    low, high = np.quantile(r, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return Estimate(float(point), float(low), float(high), float(r.std(ddof=1)), math.inf, len(r),
+                    f"bootstrap over {what} ({len(r)} resamples)")
+
+
 def difference(a: Estimate, b: Estimate) -> Estimate:
     """``a − b`` with Welch's interval (independent estimates; a bootstrap counts as normal)."""
     se = math.hypot(a.se, b.se)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from faithful.metrics.intervals import Estimate, bootstrap_interval, difference, t_interval, verdict
+from faithful.intervals import Estimate, bootstrap_interval, difference, t_interval, verdict
 
 
 def test_t_interval_known_answer():
