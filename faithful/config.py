@@ -41,10 +41,18 @@ class Profile:
     """Tokens per training/evaluation context (None: the preset)."""
     train_batch_size: int = 1024
     """Activation tokens per SAE optimiser step."""
-    eval_tokens: int = 10_000
-    """Tokens per cell of the reconstruction-faithfulness matrix."""
-    fake_tokens: int = 20_000
-    """Random tokens fed to the model to measure the Fake Feature Ratio."""
+    eval_tokens: int = 4_096
+    """Tokens per cell of the reconstruction-faithfulness matrix (every seed of every corpus is a row)."""
+    eval_sets: tuple[str, ...] = ("faithful", "wikipedia_en_sample", "c4_en_train_first1000", "alpaca",
+                                  "wikitext103_test", "tinystories_validation_blocks")
+    """Columns of the reconstruction-faithfulness matrix: corpus names, read at their held-out split."""
+    fake_tokens: int = 8_192
+    """Random tokens per draw fed to the model to measure the Fake Feature Ratio."""
+    fake_draws: int = 3
+    """Independent random-token draws per SAE (its FFR is their mean)."""
+    stats_tokens: int = 30_000
+    """Tokens at which notebook 02 compares corpora (coverage and KL depend on sample size); the
+    start and temperature variants of the Faithful dataset are sampled to this size."""
     probe_n_train: int = 800
     """Training texts per probing task."""
     probe_n_test: int = 400
@@ -74,7 +82,10 @@ PROFILES: dict[str, Profile] = {
         context_size=64,
         train_batch_size=256,
         eval_tokens=512,
+        eval_sets=("faithful", "wikipedia_en_sample", "wikitext103_test"),
         fake_tokens=1_024,
+        fake_draws=2,
+        stats_tokens=2_048,
         probe_n_train=64,
         probe_n_test=32,
         corpora=("faithful", "wikipedia_en_sample"),
@@ -97,7 +108,9 @@ PROFILES: dict[str, Profile] = {
         context_size=None,
         train_batch_size=4096,
         eval_tokens=1_000_000,
+        eval_sets=("faithful", "pile-uncopyrighted", "fineweb"),
         fake_tokens=1_000_000,
+        stats_tokens=100_000_000,
         probe_n_train=100_000,
         probe_n_test=10_000,
         corpora=("faithful", "pile-uncopyrighted", "fineweb"),

@@ -8,6 +8,7 @@ Two kinds of spread, each named in the :class:`Estimate` it produces:
 * :func:`bootstrap_interval` — over the items of one evaluation, e.g. a probe's test texts:
   the percentile interval of the mean over ``n_boot`` resamples with a fixed seed. For a paired
   comparison (two SAEs scored on the same texts) pass the per-item differences.
+  :func:`bootstrap_statistic` does the same for a statistic that is not a mean (a KL divergence).
 
 :func:`difference` gives the interval of ``a − b`` (Welch's, from the estimates' standard errors
 and degrees of freedom), and :func:`verdict` reads a claim's direction against it:
@@ -81,14 +82,17 @@ def bootstrap_interval(values: Sequence[float], what: str = "items", n_boot: int
 
 
 def bootstrap_statistic(point: float, replicates: Sequence[float], what: str) -> Estimate:
-    """A statistic that is not a mean (a KL, a count) with the percentile interval of its
-    bootstrap ``replicates`` (the statistic on resampled ``what``)."""
+    """A statistic that is not a mean (a KL, a count of distinct tokens) with a normal interval
+    whose width is the spread of its bootstrap ``replicates`` (the statistic on resampled ``what``).
+    Such statistics are biased under resampling (a resample holds fewer distinct tokens), so a
+    percentile interval can miss the estimate itself; ``point ± z·sd`` keeps it at the centre."""
     r = np.asarray(replicates, dtype=float)
     if len(r) < 2:
         raise ValueError(f"a bootstrap needs at least 2 replicates, got {len(r)}")
-    low, high = np.quantile(r, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Estimate(float(point), float(low), float(high), float(r.std(ddof=1)), math.inf, len(r),
-                    f"bootstrap over {what} ({len(r)} resamples)")
+    se = float(r.std(ddof=1))
+    half = float(stats.norm.ppf((1 + LEVEL) / 2)) * se
+    return Estimate(float(point), float(point) - half, float(point) + half, se, math.inf, len(r),
+                    f"bootstrap spread over {what} ({len(r)} resamples)")
 
 
 def difference(a: Estimate, b: Estimate) -> Estimate:

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from faithful.intervals import Estimate, bootstrap_interval, difference, t_interval, verdict
+from faithful.intervals import Estimate, bootstrap_interval, bootstrap_statistic, difference, t_interval, verdict
 
 
 def test_t_interval_known_answer():
@@ -50,3 +50,9 @@ def test_bad_input():
         bootstrap_interval([1.0])
     with pytest.raises(ValueError, match="claimed must be"):
         verdict(t_interval([1, 2]), "bigger")
+
+
+def test_bootstrap_statistic_centres_on_the_estimate():
+    e = bootstrap_statistic(5.0, [3.0, 3.2, 2.8, 3.1, 2.9], "documents")
+    assert e.mean == 5.0 and e.low < 5.0 < e.high
+    assert (e.high - e.low) / 2 == pytest.approx(1.959964 * np.std([3.0, 3.2, 2.8, 3.1, 2.9], ddof=1), rel=1e-5)

@@ -44,8 +44,8 @@ import torch
 
 from .. import storage
 from ..intervals import bootstrap_statistic
-from ..storage import Result
 from ..models import model_name, special_token_ids, start_token_id
+from ..storage import Result
 from .corpora import dataset_label, load_corpus
 from .generate import META_FILE, load_faithful_dataset
 

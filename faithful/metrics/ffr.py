@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from ..activations import iter_activations, lm_precision, random_token_contexts
+from ..intervals import LEVEL, t_interval
 from ..models import model_name
 from ..sae.load import load_sae, sae_hook
 from ..storage import Result
-from ..intervals import LEVEL, t_interval
 
 UNITS = ("sequence", "token")
 DEFAULT_THRESHOLD = 0.1

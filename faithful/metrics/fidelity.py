@@ -49,10 +49,10 @@ from tqdm.auto import tqdm
 from .. import precision, storage
 from ..activations import SINK_NORM_RATIO, eval_contexts, lm_precision, not_sinks, token_digest
 from ..data.splits import split_rule
+from ..intervals import Estimate, t_interval
 from ..models import content_mask, model_name, special_token_ids
 from ..sae.load import load_sae, sae_hook
 from ..storage import Result
-from ..intervals import Estimate, t_interval
 
 METRICS = ("explained_variance", "l2", "ce_diff")
 """The three App. B heatmaps, in drawing order."""

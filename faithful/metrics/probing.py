@@ -43,10 +43,10 @@ from tqdm.auto import tqdm
 from .. import storage
 from ..activations import iter_activations, lm_precision, tokenize_texts
 from ..data.tasks import TASKS, load_task
+from ..intervals import LEVEL, Estimate, bootstrap_interval
 from ..models import model_name
 from ..sae.load import load_sae
 from ..storage import Result
-from ..intervals import LEVEL, Estimate, bootstrap_interval
 from .fidelity import check_sae
 
 INPUTS = ("baseline", "sae", "reconstruction")

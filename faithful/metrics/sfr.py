@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..storage import Result
 from ..intervals import LEVEL, t_interval
 from ..sae.load import load_sae
+from ..storage import Result
 
 
 @dataclass

@@ -178,7 +178,7 @@ def test_bootstrap_intervals_over_documents(tiny_model):
     docs = [rng.integers(10, 200, size=int(n)).tolist() for n in rng.integers(3, 30, size=300)]
     st = dataset_stats(tiny_model, docs)
     kl, gap = (Estimate(**st.intervals[k]) for k in ("kl_model_data", "coverage_gap"))
-    assert kl.low <= kl.high and kl.n == 200 and kl.method == "bootstrap over documents (200 resamples)"
+    assert kl.low <= kl.high and kl.n == 200 and kl.method == "bootstrap spread over documents (200 resamples)"
     assert kl.mean == st.kl_model_data
     # the gap is first-token minus all-token coverage: negative here, and its interval too
     assert gap.mean == pytest.approx(st.first_token_coverage - st.all_token_coverage) and gap.high < 0
