@@ -19,8 +19,8 @@ from .data.tasks import TASKS, ProbeTask, load_task
 from .metrics.ffr import FFRResult, FFRTable, fake_feature_ratio, ffr_table, firing_counts, firing_frequencies
 from .metrics.fidelity import FidelityMatrix, FidelityResult, fidelity_matrix, reconstruction_metrics
 from .metrics.probing import INPUTS, ProbeResult, ProbeTable, probe, probe_table
-from .metrics.sfr import SFRResult, SFRTable, chance_sfr, decoder_matrix, random_decoder, sfr_table, \
-    shared_feature_ratio
+from .metrics.sfr import SFRResult, SFRTable, chance_sfr, decoder_matrix, random_decoder, sfr_over_training, \
+    sfr_table, shared_feature_ratio
 from .models import EMBEDDED, PRESETS, SKIP_POSITIONS, HubUnavailableError, SAEPreset, content_mask, default_layer, \
     hook_name, load_model, model_name, sae_preset, special_token_ids, start_token_id, stop_token_ids
 from .sae.load import load_sae

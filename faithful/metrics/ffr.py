@@ -285,16 +285,18 @@ class FFRTable(Result):
         return "\n".join(lines)
 
     def figure(self, ax=None):
-        """FFR vs τ, one line per dataset (seed-averaged), with τ marked."""
+        """FFR vs τ, one line per dataset (mean over seeds, their range shaded; first draw), with τ marked."""
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.5))
         thr = np.logspace(-4, 0, 200)
         for ds, res in self.results.items():
-            ax.plot(thr, np.mean([r.ffr_curve(thr)[1] for r in res], axis=0), label=ds)
+            curves = np.array([r.ffr_curve(thr)[1] for r in res])
+            line, = ax.plot(thr, curves.mean(0), label=ds)
+            ax.fill_between(thr, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2, lw=0)
         ax.axvline(self.threshold, color="red", ls="--", label=f"τ = {self.threshold}")
         ax.set_xscale("log")
         ax.set_xlabel(f"τ (firing frequency per {self.unit} on random tokens)")
-        ax.set_ylabel("fake feature ratio (mean over seeds)")
+        ax.set_ylabel("fake feature ratio (seeds: mean, range)")
         ax.legend(fontsize=8)
         return ax.figure
 

@@ -10,9 +10,11 @@ import base64
 import html
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+
 from .. import storage
 from ..models import EMBEDDED
-from .claims import Claim, claims, design_checks
+from .claims import Claim, claims, design_checks, load_result
 from .paper import TABLES, paper_values
 from .pipeline import result_path
 
@@ -26,12 +28,32 @@ FIGURES = {"sfr": "SFR per training corpus: every seed pair", "ffr": "FFR agains
            "bootstrap intervals over the test texts"}
 
 
-def verdict_rows(rows: list[Claim]) -> tuple[list[str], list[list[str]]]:
-    """The verdict table as (header, rows) of strings."""
+def verdict_rows(rows: list[Claim], caveats: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The verdict table as (header, rows) of strings; ``caveats`` adds what the embedded model changes."""
     header = ["paper", "claim", "ours (difference, 95 % interval)", "paper's numbers", "verdict"]
     body = [[c.source, c.claim, f"{c.comparison}: {c.ours}" if c.ours else c.comparison, c.paper,
              f"**{c.verdict}**"] for c in rows]
+    if caveats:
+        header.append("what an instruction-tuned, quantised model changes")
+        body = [b + [c.caveat] for b, c in zip(body, rows)]
     return header, body
+
+
+def verdict_figure(rows: list[Claim]):
+    """Each measured claim's difference with its interval, coloured by verdict, zero marked."""
+    shown = [c for c in rows if c.ours is not None]
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(shown) + 1.2))
+    colours = {"agrees": "tab:green", "disagrees": "tab:red", "not resolved": "tab:grey"}
+    for i, c in enumerate(shown):
+        ax.errorbar([c.ours.mean], [i], xerr=[[max(0.0, c.ours.mean - c.ours.low)], [max(0.0, c.ours.high - c.ours.mean)]], fmt="o",
+                    color=colours[c.verdict], capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(shown)), [f"{c.source}: {c.comparison}" for c in shown], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("ours: difference with its 95 % interval (green agrees, red disagrees, grey not resolved)")
+    fig.tight_layout()
+    return fig
 
 
 def paper_table(table: str) -> tuple[list[str], list[list[str]]]:
@@ -44,23 +66,60 @@ def paper_table(table: str) -> tuple[list[str], list[list[str]]]:
     return header, [[m] + [f"{cell[(m, *c)]:.4g}" if (m, *c) in cell else "" for c in cols] for m in models]
 
 
+def ours_table(model: str, table: str) -> tuple[list[str], list[list[str]]] | None:
+    """Our numbers for one paper table (None for Table 3, which needs a second model)."""
+    if table == "1":
+        st = load_result(model, "stats")["faithful"]
+        kl = st.intervals.get("kl_model_data")
+        return (["model", "tokens", "coverage_all_tokens", "coverage_first_token", "kl (95 % interval)"],
+                [[model, f"{st.total_tokens:,}", f"{st.all_token_coverage / 100:.4g}",
+                  f"{st.first_token_coverage / 100:.4g}",
+                  f"{st.kl_model_data:.4g}" + (f" [{kl['low']:.4g}, {kl['high']:.4g}]" if kl else "")]])
+    step, metric = {"2": ("sfr", "sfr"), "4": ("sfr", "sfr"), "C.2": ("ffr", "ffr")}.get(table, (None, None))
+    if step:
+        rows = load_result(model, step)["rows"]
+        return ([f"{model}: training dataset", metric, "95 % interval", "per seed (pair)"],
+                [[r["dataset"], f"{r[metric]:.4g}", (f"[{r[metric + '_interval']['low']:.4g}, "
+                                                     f"{r[metric + '_interval']['high']:.4g}]")
+                  if r.get(f"{metric}_interval") else "—",
+                  ", ".join(f"{v:.4g}" for v in r[f"{metric}_pairs" if metric == "sfr" else "ffr_seeds"])]
+                 for r in rows])
+    if table == "C.1":
+        probes = load_result(model, "probe")
+        tab = probes.table("reconstruction")
+        cols = list(dict.fromkeys(c for row in tab.values() for c in row))
+        return ([f"{model}: task"] + cols,
+                [[task] + [f"{row[c]:.4g} {_ci(probes.interval(task, c))}" for c in cols] for task, row in tab.items()])
+    return None
+
+
+def _ci(e) -> str:
+    return f"[{e.low:.3g}, {e.high:.3g}]"
+
+
 def report_blocks(model: str, profile: str = "") -> list[tuple]:
     """The report as blocks: ("h", text), ("p", text), ("table", header, rows), ("img", path, caption)."""
     rows = claims(model, profile)
     blocks: list[tuple] = [("h", f"FaithfulSAE: the paper beside {model}" + (f" ({profile} profile)" if profile else ""))]
     if model in DISCLOSURE:
         blocks.append(("p", DISCLOSURE[model]))
-    checks = design_checks(model)
+    checks = design_checks(model, profile)
     blocks.append(("table", ["design check", "holds"], [[k, "yes" if v else "**no**"] for k, v in checks.items()]))
     blocks += [("h", "Verdicts"), ("p", "Each verdict is read from the interval of our difference: agrees when it "
                                         "excludes zero on the paper's side, disagrees when on the other side, not "
                                         "resolved when it straddles zero."),
-               ("table", *verdict_rows(rows))]
+               ("table", *verdict_rows(rows, caveats=True))]
+    folder = storage.results_dir() / storage.slug(model)
+    fig = verdict_figure(rows)
+    blocks.append(("img", storage.save_figure(fig, folder / "verdicts.png"), "Our differences and their intervals"))
+    plt.close(fig)
     counts = {v: sum(c.verdict == v for c in rows) for v in dict.fromkeys(c.verdict for c in rows)}
     blocks.append(("p", "Tally: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."))
     blocks.append(("h", "The paper's tables"))
     for table, caption in TABLES.items():
-        blocks += [("p", f"Table {table}: {caption}."), ("table", *paper_table(table))]
+        blocks += [("p", f"Table {table}: {caption}. The paper, then ours."), ("table", *paper_table(table))]
+        ours = ours_table(model, table)
+        blocks.append(("table", *ours) if ours else ("p", "Ours: not measured (one model offline)."))
     blocks.append(("h", "Our figures"))
     for step, caption in FIGURES.items():
         png = result_path(model, step).with_suffix(".png")

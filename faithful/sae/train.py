@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.config import SAETrainerConfig
 from tqdm.auto import tqdm
@@ -34,6 +35,10 @@ from .runs import RUN_FILE, read_curves, run_dir, write_curves
 from .stream import ActivationStream, load_trainer_state, pack_contexts, save_trainer_state
 from .topk_step import TopKTrainer
 
+SNAPSHOTS = 4
+"""Each run keeps its decoder after every ``1/SNAPSHOTS`` of its steps (the last one is the run
+itself) in :data:`SNAPSHOT_FILE`, so SFR can be read against training tokens without retraining."""
+SNAPSHOT_FILE = "decoder_snapshots.safetensors"
 CHECKPOINT_SECONDS = 300
 """Default wall time between resumable checkpoints: a crash loses at most this much training,
 and short runs do not pay for checkpoints of every seed (Adam state included) they never need."""
@@ -263,6 +268,9 @@ class _Run:
             self.saes[seed] = make_sae(settings, seed, device)
             self.trainers[seed] = TopKTrainer(cfg=cfg, sae=self.saes[seed], data_provider=iter(()))
         self.curves: dict[int, list[dict]] = {s: [] for s in seeds}
+        # decoders after each quarter of the run (fp16: they serve cosine similarities only)
+        self.snapshot_steps = {self.steps * i // SNAPSHOTS for i in range(1, SNAPSHOTS)} - {0}
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {s: {} for s in seeds}
         self.sae_seconds = dict.fromkeys(seeds, 0.0)  # optimiser steps only, per seed
         self.t_start = time.perf_counter()
 
@@ -291,6 +299,9 @@ class _Run:
                     tr.n_training_steps += 1
                 step += 1
                 bar.update(self.s.batch_size)
+                if step in self.snapshot_steps:
+                    for seed, tr in self.trainers.items():
+                        self.snapshots[seed][f"tokens_{tr.n_training_samples}"] = tr.sae.W_dec.detach().half().cpu()
                 due = interrupt.requested or (step % self.every == 0 if self.every else
                                               time.perf_counter() - self.last_checkpoint >= CHECKPOINT_SECONDS)
                 if due and step < self.steps:
@@ -339,6 +350,7 @@ class _Run:
                 tr.sae.save_model(tmp)
                 save_trainer_state(tr, tmp)
                 write_curves(tmp, self.curves[seed])
+                _write_snapshots(tmp, self.snapshots[seed])
                 storage.write_json(tmp / "resume.json", {"settings": asdict(self.s), "step": step,
                                                         "stream": self.stream.state()})
 
@@ -358,6 +370,8 @@ class _Run:
             tr.sae.load_weights_from_checkpoint(folder)
             load_trainer_state(tr, folder)
             self.curves[seed] = read_curves(folder)
+            if (folder / SNAPSHOT_FILE).is_file():
+                self.snapshots[seed] = load_file(str(folder / SNAPSHOT_FILE))
         self.stream.load_state(metas[0]["stream"])
         return int(metas[0]["step"])
 
@@ -370,6 +384,7 @@ class _Run:
             with storage.atomic_dir(self.dirs[seed], overwrite=True) as tmp:
                 sae.save_inference_model(tmp)
                 write_curves(tmp, self.curves[seed])
+                _write_snapshots(tmp, self.snapshots[seed])
                 storage.write_json(tmp / RUN_FILE, {
                     "settings": asdict(self.s), "seed": seed, "tokens_seen": tr.n_training_samples,
                     "epochs": self.epochs, "seconds": time.perf_counter() - self.t_start,
@@ -377,6 +392,11 @@ class _Run:
                     "lm_seconds": self.stream.lm_seconds, "sae_seconds": self.sae_seconds[seed],
                     "final": self.curves[seed][-1] if self.curves[seed] else {}})
             shutil.rmtree(self.resume_dir(seed), ignore_errors=True)
+
+
+def _write_snapshots(folder: Path, snapshots: dict[str, torch.Tensor]) -> None:
+    if snapshots:
+        save_file({k: v.contiguous() for k, v in snapshots.items()}, str(folder / SNAPSHOT_FILE))
 
 
 class _BatchStats:

@@ -45,7 +45,7 @@ def test_all_runs_every_step_and_writes_the_report(tiny_profile, home, capsys):
     rows = claims.claims("tiny-random", "tiny")
     assert {c.verdict for c in rows} <= {"agrees", "disagrees", "not resolved", "not measured"}
     assert all(c.verdict in out for c in rows) and "Table C.2" in out and "report.html" in out
-    assert all(claims.design_checks("tiny-random").values())  # held-out evaluation, one pass, 3 seeds
+    assert all(claims.design_checks("tiny-random", "tiny").values())  # held-out evaluation, one pass, 3 seeds
     folder = home / "results" / "tiny-random"
     md = (folder / "report.md").read_text()
     assert "## Verdicts" in md and "| Table 4 |" in md and re.search(r"!\[.*\]\(sfr/.*\.png\)", md)

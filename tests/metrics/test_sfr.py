@@ -168,3 +168,25 @@ def test_result_and_table_save(tmp_path):
         sfr_table({"x": str(tmp_path)})
     with pytest.raises(ValueError, match="index"):
         sfr_table({("m1", "m2"): [a, a]})
+
+
+def test_table3_cross_model_sfr_with_two_tiny_models(tiny_model, home):
+    """Table 3 as the paper defines it: an SAE on model A's activations, trained on text sampled by model B."""
+    import faithful
+    from toy import SMALL
+
+    model_b = faithful.load_model("tiny-random", device="cpu", seed=1)
+    model_b.faithful_name = "tiny-random-b"
+    models = {"tiny-random": tiny_model, "tiny-random-b": model_b}
+    text = {name: faithful.generate_faithful_dataset(m, n_tokens=1_500, max_length=16, batch_size=16, progress=False)
+            for name, m in models.items()}
+    runs = {(target, source): faithful.train_saes(models[target], text[source], dataset_name=f"faithful-{source}",
+                                                  seeds=(42, 49, 7), **SMALL)
+            for target in models for source in models}
+    table = sfr_table(runs, index=("target", "source"), chance=False, name="table3")
+    assert [(r["target"], r["source"]) for r in table.rows] == list(runs)
+    assert all(len(r["sfr_pairs"]) == 3 and r["sfr_interval"] for r in table.rows)
+    # each SAE reads its target's activations and records its source's text
+    sae = faithful.load_sae(runs[("tiny-random", "tiny-random-b")][0])
+    assert sae.cfg.metadata.model_name == "tiny-random" and sae.cfg.metadata.dataset_path == "faithful-tiny-random-b"
+    assert not torch.equal(tiny_model.W_E, model_b.W_E)  # two different models

@@ -4,14 +4,15 @@ import json
 import datasets
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import faithful
 from faithful import storage
+from faithful.data.splits import take_part
 from faithful.sae import train
 from faithful.sae.runs import CURVES_FILE
-from toy import SMALL, TEXTS
 from faithful.sae.topk_step import TopKTrainer
-from faithful.data.splits import take_part
+from toy import SMALL, TEXTS
 from faithful.sae.stream import ActivationStream, pack_contexts
 
 SHARED = storage.shared_data_dir()  # read before the `home` fixture moves FAITHFUL_HOME
@@ -207,6 +208,18 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
     resumed = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", **SMALL)
     assert _same_weights(whole, resumed)
     assert not (home / "cut" / ".seed42.resume").exists()
+    for a, b in zip(whole, resumed):  # the decoder snapshots taken before the cut survive it
+        sa, sb = (load_file(str(p / train.SNAPSHOT_FILE)) for p in (a, b))
+        assert sorted(sa) == ["tokens_1152", "tokens_384", "tokens_768"] and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_sfr_over_training_reads_the_decoder_snapshots(tiny_model, texts, home):
+    paths = faithful.train_saes(tiny_model, texts, seeds=(42, 49, 7), out_dir=home / "snap", **SMALL)
+    curve = faithful.sfr_over_training(paths)
+    assert list(curve) == [384, 768, 1152, 1536] and all(len(v) == 3 for v in curve.values())
+    assert curve[1536] == faithful.sfr_table({"x": paths}, chance=False).rows[0]["sfr_pairs"]
+    with pytest.raises(ValueError, match="two or more"):
+        faithful.sfr_over_training(paths[:1])
 
 
 def test_ctrl_c_checkpoints_after_the_current_step_then_resumes_to_the_same_weights(tiny_model, texts, home,
