@@ -72,10 +72,10 @@ PROFILES: dict[str, Profile] = {
     # corpora (every per-corpus step is the same code), a few hundred evaluation tokens per cell.
     "smoke": Profile(
         name="smoke",
-        faithful_tokens=5_500,
+        faithful_tokens=3_000,
         max_length=64,
         gen_batch_size=32,
-        train_tokens=4_096,
+        train_tokens=2_048,
         d_sae=256,
         k=8,
         lr=3e-3,
@@ -99,7 +99,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         name="paper",
         model="gpt2",
-        faithful_tokens=115_000_000,
+        faithful_tokens=120_000_000,
         max_length=1024,
         gen_batch_size=256,
         train_tokens=100_000_000,
