@@ -41,8 +41,9 @@ class Profile:
     """Tokens per training/evaluation context (None: the preset)."""
     train_batch_size: int = 1024
     """Activation tokens per SAE optimiser step."""
-    eval_tokens: int = 4_096
-    """Tokens per cell of the reconstruction-faithfulness matrix (every seed of every corpus is a row)."""
+    eval_tokens: int = 2_048
+    """Tokens per cell of the reconstruction-faithfulness matrix (every seed of every corpus is a row;
+    all SAEs read the same tokens, so their differences are paired)."""
     eval_sets: tuple[str, ...] = ("faithful", "wikipedia_en_sample", "c4_en_train_first1000", "alpaca",
                                   "wikitext103_test", "tinystories_validation_blocks")
     """Columns of the reconstruction-faithfulness matrix: corpus names, read at their held-out split."""
