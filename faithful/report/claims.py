@@ -8,6 +8,7 @@ hold no such comparison, e.g. Table 3 with one model).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from .. import storage
@@ -119,14 +120,8 @@ def design_checks(model: str, profile: str = "") -> dict[str, bool]:
             "SAEs trained on their corpus's training split only":
                 bool(runs) and all(r["settings"].get("documents", "").startswith("train:") for r in runs),
             "evaluation read the held-out split only": matrix.settings.get("split", "").startswith("eval:"),
-            "at least 3 seeds per corpus": bool(runs) and min(_count(runs).values()) >= 3}
-
-
-def _count(runs) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in runs:
-        out[r["settings"]["dataset"]] = out.get(r["settings"]["dataset"], 0) + 1
-    return out
+            "at least 3 seeds per corpus":
+                bool(runs) and min(Counter(r["settings"]["dataset"] for r in runs).values()) >= 3}
 
 
 def load_result(model: str, step: str, profile: str = ""):
