@@ -16,6 +16,7 @@ from .data.corpora import ALPACA_TEMPLATE, CORPORA, CorpusSpec, available_corpor
 from .data.generate import faithful_dataset_for, generate_faithful_dataset, load_faithful_dataset
 from .data.stats import DatasetStats, dataset_stats, stats_table
 from .data.tasks import TASKS, ProbeTask, load_task
+from .metrics.curve import TrainingCurve, training_curve
 from .metrics.ffr import FFRResult, FFRTable, fake_feature_ratio, ffr_table, firing_counts, firing_frequencies
 from .metrics.fidelity import FidelityMatrix, FidelityResult, fidelity_matrix, reconstruction_metrics
 from .metrics.probing import INPUTS, ProbeResult, ProbeTable, probe, probe_table
@@ -23,7 +24,7 @@ from .metrics.sfr import SFRResult, SFRTable, chance_sfr, decoder_matrix, random
     sfr_table, shared_feature_ratio
 from .models import EMBEDDED, PRESETS, SKIP_POSITIONS, HubUnavailableError, SAEPreset, content_mask, default_layer, \
     hook_name, load_model, model_name, sae_preset, special_token_ids, start_token_id, stop_token_ids
-from .sae.load import load_sae
+from .sae.load import load_sae, load_snapshots
 from .sae.runs import list_runs, plot_training_curves, run_dir
 from .sae.train import TrainSettings, train_corpora, train_saes
 from .widgets import FeatureBrowser, feature_examples

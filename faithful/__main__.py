@@ -52,8 +52,8 @@ def cmd_train(args) -> None:
             print(f"{name}: {p}")
 
 
-STEPS = {"stats": pipeline.statistics, "sfr": pipeline.sfr, "ffr": pipeline.ffr, "fidelity": pipeline.fidelity,
-         "probe": pipeline.probing}
+STEPS = {"stats": pipeline.statistics, "sfr": pipeline.sfr, "curve": pipeline.curve, "ffr": pipeline.ffr,
+         "fidelity": pipeline.fidelity, "probe": pipeline.probing}
 
 
 def cmd_step(args) -> None:
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         ("train", cmd_train, "train SAEs (all seeds) on every corpus of the profile"),
         ("stats", cmd_step, "Table 1: token statistics of every corpus at one token count (notebook 02)"),
         ("sfr", cmd_step, "Tables 2 and 4: SFR of every seed pair per corpus (notebook 04)"),
+        ("curve", cmd_step, "SFR and FFR against training tokens, from the runs' snapshots (notebook 04)"),
         ("ffr", cmd_step, "Table C.2: FFR of every SAE over random-token draws (notebook 05)"),
         ("fidelity", cmd_step, "App. B: every SAE on every evaluation set's held-out split (notebook 06)"),
         ("probe", cmd_step, "Table C.1: probes for every SAE on every task (notebook 07)"),
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         ("all", cmd_all, "every step at the profile, then the verdict table"),
     ]:
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--profile", help="smoke, cpu or paper (default: $FAITHFUL_PROFILE or cpu)")
+        p.add_argument("--profile", help="smoke, cpu, cpu-long or paper (default: $FAITHFUL_PROFILE or cpu)")
         p.add_argument("--model", help="model name (default: the profile's)")
         p.set_defaults(fn=fn)
     p = sub.add_parser("notebooks", help="execute notebooks; executed copies go to results/notebooks/")

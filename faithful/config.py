@@ -1,5 +1,6 @@
 """Named scales for the whole pipeline: ``smoke`` (tests, nbval), ``cpu`` (a 2-core laptop without
-fast bf16, within an hour end to end) and ``paper`` (a GPU, the paper's Table 5 budgets).
+fast bf16, within an hour end to end), ``cpu-long`` (``cpu`` with five times the training tokens, for
+the training curve) and ``paper`` (a GPU, the paper's Table 5 budgets).
 
 Notebooks and the CLI read the profile named by ``FAITHFUL_PROFILE`` (default ``cpu``) with
 :func:`get_profile` and pass it on; library functions never read the environment (a profile
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Profile:
     name: str
-    """Profile name: smoke, cpu or paper."""
+    """Profile name: smoke, cpu, cpu-long or paper."""
     model: str = "smollm2-135m"
     """Model every notebook loads (a name accepted by ``faithful.load_model``)."""
     faithful_tokens: int = 125_000
@@ -97,6 +98,11 @@ PROFILES: dict[str, Profile] = {
     # this short barely moves, so lr is 3e-3 (200k tokens at 3e-3 gave explained variance 0.95 on
     # held-out Wikipedia activations and 4,323 of 4,608 latents firing; benchmarks/b_dec_init.py).
     "cpu": Profile(name="cpu", lr=3e-3),
+    # Is `cpu`'s budget enough? The same SAEs on five times the tokens, Faithful against Wikipedia
+    # only: `python -m faithful curve` reads SFR and FFR at 62k, 125k, 250k and 500k tokens from one
+    # run per seed (its snapshots). Hours on a 2-core CPU; docs/training-curve.md has the result.
+    "cpu-long": Profile(name="cpu-long", lr=3e-3, faithful_tokens=625_000, train_tokens=500_000, stats_tokens=150_000,
+                        corpora=("faithful", "wikipedia_en_sample")),
     "paper": Profile(
         name="paper",
         model="gpt2",

@@ -27,20 +27,15 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from scipy.optimize import linear_sum_assignment
 
-from .. import storage
 from ..intervals import LEVEL, t_interval
-from ..sae.load import load_sae
-from ..sae.runs import RUN_FILE
-from ..sae.train import SNAPSHOT_FILE
+from ..sae.load import load_sae, load_snapshots
 from ..storage import Result
 
 
@@ -225,21 +220,15 @@ def chance_sfr(d_sae: int, d_in: int, threshold: float = 0.7, *, seeds: tuple[in
 
 
 def sfr_over_training(folders: Sequence, threshold: float = 0.7, *, chunk_size: int = 1024) -> dict[int, list[float]]:
-    """SFR of every pair of seed runs (checkpoint folders of one ``train_saes`` call) at each decoder
+    """SFR of every pair of seed runs (checkpoint folders of one ``train_saes`` call) at each
     snapshot and at the end: ``{training tokens: [SFR per pair]}``, in order of tokens."""
     if len(folders) < 2:
         raise ValueError(f"SFR over training needs the runs of two or more seeds, got {len(folders)}")
-    decoders: dict[int, list[torch.Tensor]] = {}
-    for folder in folders:
-        folder = Path(folder)
-        snaps = load_file(str(folder / SNAPSHOT_FILE)) if (folder / SNAPSHOT_FILE).is_file() else {}
-        final = storage.read_json(folder / RUN_FILE)["tokens_seen"]
-        for key, w in [*snaps.items(), (f"tokens_{final}", decoder_matrix(folder))]:
-            decoders.setdefault(int(key.split("_")[1]), []).append(w.float())
-    if any(len(ws) != len(folders) for ws in decoders.values()):
+    runs = [load_snapshots(folder) for folder in folders]
+    if any(list(r) != list(runs[0]) for r in runs):
         raise ValueError("the runs hold snapshots at different token counts: give the seeds of one train_saes call")
-    return {t: [shared_feature_ratio(a, b, threshold, chunk_size=chunk_size).ratio
-                for a, b in itertools.combinations(decoders[t], 2)] for t in sorted(decoders)}
+    return {t: [shared_feature_ratio(a[t].W_dec, b[t].W_dec, threshold, chunk_size=chunk_size).ratio
+                for a, b in itertools.combinations(runs, 2)] for t in runs[0]}
 
 
 # ----------------------------------------------------------------------------- tables

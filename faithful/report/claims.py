@@ -15,14 +15,15 @@ from .. import storage
 from ..data.corpora import corpus_kind
 from ..data.stats import DatasetStats
 from ..intervals import Estimate, difference, verdict
+from ..metrics.curve import TrainingCurve
 from ..metrics.fidelity import FidelityMatrix
 from ..metrics.probing import ProbeTable
 from ..sae.runs import list_runs
 from .paper import paper_values
 from .pipeline import result_path
 
-STEPS = {"stats": "notebook 02", "sfr": "notebook 04", "ffr": "notebook 05", "fidelity": "notebook 06",
-         "probe": "notebook 07"}
+STEPS = {"stats": "notebook 02", "sfr": "notebook 04", "curve": "notebook 04", "ffr": "notebook 05",
+         "fidelity": "notebook 06", "probe": "notebook 07"}
 CAVEATS = {
     "Table 1": "The Faithful text is sampled from the same quantised, chat-tuned model it is compared with, so "
                "the KL measures sampling, not quantisation; a chat model's first tokens are narrower than a base "
@@ -137,7 +138,8 @@ def load_result(model: str, step: str, profile: str = ""):
     if not path.is_file():
         raise missing
     d = storage.read_json(path)
-    return {"fidelity": FidelityMatrix.from_dict, "probe": ProbeTable.from_dict}.get(step, dict)(d)
+    return {"fidelity": FidelityMatrix.from_dict, "probe": ProbeTable.from_dict,
+            "curve": lambda d: TrainingCurve(**d)}.get(step, dict)(d)
 
 
 def _est(row: dict, metric: str) -> Estimate:

@@ -14,6 +14,7 @@ from ..config import as_profile
 from ..data.generate import faithful_dataset_for
 from ..data.stats import DatasetStats, dataset_stats
 from ..data.tasks import TASKS
+from ..metrics.curve import TrainingCurve, training_curve
 from ..metrics.ffr import FFRTable, ffr_table
 from ..metrics.fidelity import FidelityMatrix, fidelity_matrix
 from ..metrics.probing import ProbeTable, probe_table
@@ -25,7 +26,7 @@ SFR_THRESHOLD = 0.7
 """The paper's cosine threshold for a shared feature."""
 FILES = {"stats": "dataset_stats", "sfr": "sfr/table2_4_sfr_by_dataset.json",
          "ffr": "ffr/table_c2_ffr_by_dataset.json", "fidelity": "fidelity/fidelity_matrix.json",
-         "probe": "probing/probing.json"}
+         "probe": "probing/probing.json", "curve": "curve/training_curve.json"}
 """Where each step's result lies under ``results/<model>/`` (``stats``: a folder, one JSON per corpus)."""
 
 
@@ -61,6 +62,16 @@ def ffr(model, profile, *, progress: bool = True) -> FFRTable:
                       n_draws=profile.fake_draws, seed=0, progress=progress, name="table_c2_ffr_by_dataset")
     table.save(storage.result_dir(profile.model, "ffr"))
     return table
+
+
+def curve(model, profile, *, progress: bool = True) -> TrainingCurve:
+    """SFR and FFR against training tokens, from the snapshots of every corpus's runs (one random-token
+    draw of ``profile.fake_tokens``: the seeds give the interval)."""
+    profile = as_profile(profile)
+    result = training_curve(model, train_corpora(model, profile), n_tokens=profile.fake_tokens, n_draws=1, seed=0,
+                            sfr_threshold=SFR_THRESHOLD, progress=progress, profile=profile.name)
+    result.save(storage.result_dir(profile.model, "curve"))
+    return result
 
 
 def fidelity(model, profile, *, progress: bool = True) -> FidelityMatrix:

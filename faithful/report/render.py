@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 
 from .. import storage
 from ..models import EMBEDDED
+from ..metrics.curve import CLAIMS
 from .claims import Claim, claims, design_checks, load_result
 from .paper import TABLES, paper_values
 from .pipeline import result_path
@@ -23,7 +24,7 @@ DISCLOSURE = {EMBEDDED: "The embedded model is SmolLM2-135M-Instruct, de-quantis
                         "distribution) and quantised, so its instruction data is nearer in-distribution and "
                         "its weights are perturbed. The paper's smallest model, GPT-2 Small, is the nearest "
                         "reference."}
-FIGURES = {"sfr": "SFR per training corpus: every seed pair", "ffr": "FFR against τ per training corpus",
+FIGURES = {"sfr": "SFR per training corpus: every seed pair", "curve": "SFR and FFR against training tokens", "ffr": "FFR against τ per training corpus",
            "fidelity": "Reconstruction faithfulness (each row's first seed)", "probe": "Probe accuracy with "
            "bootstrap intervals over the test texts"}
 
@@ -115,6 +116,12 @@ def report_blocks(model: str, profile: str = "") -> list[tuple]:
     plt.close(fig)
     counts = {v: sum(c.verdict == v for c in rows) for v in dict.fromkeys(c.verdict for c in rows)}
     blocks.append(("p", "Tally: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."))
+    blocks += [("h", "Is the budget enough?"),
+               ("p", "The same SAEs read at 1/8, 1/4 and 1/2 of their training and at its end: the verdict of "
+                     "each seed comparison at every budget. A verdict that still changes at the last budget "
+                     "belongs to SAEs that have not settled (`python -m faithful curve --profile cpu-long` "
+                     "trains five times longer)."),
+               ("table", *budget_rows(model, profile))]
     blocks.append(("h", "The paper's tables"))
     for table, caption in TABLES.items():
         blocks += [("p", f"Table {table}: {caption}. The paper, then ours."), ("table", *paper_table(table))]
@@ -126,6 +133,21 @@ def report_blocks(model: str, profile: str = "") -> list[tuple]:
         if png.is_file():
             blocks.append(("img", png, caption))
     return blocks
+
+
+def budget_rows(model: str, profile: str = "") -> tuple[list[str], list[list[str]]]:
+    """The verdict of each curve comparison (Faithful − other, SFR and FFR) at every budget, and
+    the budget from which it stops changing (:meth:`faithful.metrics.curve.TrainingCurve.stable_from`)."""
+    curve = load_result(model, "curve", profile)
+    budgets = list(dict.fromkeys(d["tokens"] for d in curve.differences))
+    header = ["Faithful vs", "metric", "paper: Faithful", *[f"{t:,} tokens" for t in budgets], "stable from"]
+    body = []
+    for other, metric in dict.fromkeys((d["other"], d["metric"]) for d in curve.differences):
+        by_tokens = {d["tokens"]: d["verdict"] for d in curve.differences if (d["other"], d["metric"]) == (other, metric)}
+        stable = curve.stable_from(other, metric)
+        body.append([other, metric.upper(), CLAIMS[metric], *[by_tokens.get(t, "—") for t in budgets],
+                     f"{stable:,} tokens" if stable is not None else "still changing"])
+    return header, body
 
 
 def to_markdown(blocks: list[tuple]) -> str:

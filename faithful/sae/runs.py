@@ -4,7 +4,8 @@ A run is one folder per (model, dataset, hook, profile, seed):
 ``runs/<model>/<dataset>/<hook>/<profile>/seed<N>/`` (``$FAITHFUL_HOME/runs`` or the
 repository's ``runs/``), holding the SAE in SAELens format, :data:`RUN_FILE` (settings, seed,
 tokens seen, timings, final metrics) and :data:`CURVES_FILE` (one JSON row per logged step:
-MSE, AuxK loss, explained variance, L0, dead latents). :func:`faithful.train_saes` writes
+MSE, AuxK loss, explained variance, L0, dead latents), and :data:`SNAPSHOT_FILE` (its inference
+weights at earlier points of training, ``tokens_<N>.<param>``). :func:`faithful.train_saes` writes
 them; this module finds, lists and plots them.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..models import model_name
 
 RUN_FILE = "faithful_run.json"
 CURVES_FILE = "curves.jsonl"
+SNAPSHOT_FILE = "snapshots.safetensors"
 
 
 def run_dir(model, dataset_name: str, hook: str, seed: int, profile) -> Path:

@@ -13,6 +13,7 @@ A finished run is reused; an interrupted one resumes from its last checkpoint
 """
 from __future__ import annotations
 
+import copy
 import numbers
 import shutil
 import time
@@ -31,14 +32,14 @@ from ..config import as_profile
 from ..data.corpora import dataset_label, load_corpus
 from ..data.splits import split_rule, take_part
 from ..models import hook_name, model_name, sae_preset
-from .runs import RUN_FILE, read_curves, run_dir, write_curves
+from .runs import RUN_FILE, SNAPSHOT_FILE, read_curves, run_dir, write_curves
 from .stream import ActivationStream, load_trainer_state, pack_contexts, save_trainer_state
 from .topk_step import TopKTrainer
 
-SNAPSHOTS = 4
-"""Each run keeps its decoder after every ``1/SNAPSHOTS`` of its steps (the last one is the run
-itself) in :data:`SNAPSHOT_FILE`, so SFR can be read against training tokens without retraining."""
-SNAPSHOT_FILE = "decoder_snapshots.safetensors"
+SNAPSHOT_HALVINGS = 3
+"""Each run keeps its weights after 1/2, 1/4 … 1/2**SNAPSHOT_HALVINGS of its steps (with the run
+itself, points evenly spaced in log tokens) in :data:`SNAPSHOT_FILE`, so SFR and FFR can be read
+against training tokens without retraining (:func:`faithful.sae.load.load_snapshots`)."""
 CHECKPOINT_SECONDS = 300
 """Default wall time between resumable checkpoints: a crash loses at most this much training,
 and short runs do not pay for checkpoints of every seed (Adam state included) they never need."""
@@ -268,8 +269,8 @@ class _Run:
             self.saes[seed] = make_sae(settings, seed, device)
             self.trainers[seed] = TopKTrainer(cfg=cfg, sae=self.saes[seed], data_provider=iter(()))
         self.curves: dict[int, list[dict]] = {s: [] for s in seeds}
-        # decoders after each quarter of the run (fp16: they serve cosine similarities only)
-        self.snapshot_steps = {self.steps * i // SNAPSHOTS for i in range(1, SNAPSHOTS)} - {0}
+        # inference weights at 1/2, 1/4, 1/8 … of the run (fp16: they serve SFR and FFR, not training)
+        self.snapshot_steps = {self.steps >> i for i in range(1, SNAPSHOT_HALVINGS + 1)} - {0}
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {s: {} for s in seeds}
         self.sae_seconds = dict.fromkeys(seeds, 0.0)  # optimiser steps only, per seed
         self.t_start = time.perf_counter()
@@ -301,7 +302,7 @@ class _Run:
                 bar.update(self.s.batch_size)
                 if step in self.snapshot_steps:
                     for seed, tr in self.trainers.items():
-                        self.snapshots[seed][f"tokens_{tr.n_training_samples}"] = tr.sae.W_dec.detach().half().cpu()
+                        self.snapshots[seed].update(_inference_weights(tr, f"tokens_{tr.n_training_samples}."))
                 due = interrupt.requested or (step % self.every == 0 if self.every else
                                               time.perf_counter() - self.last_checkpoint >= CHECKPOINT_SECONDS)
                 if due and step < self.steps:
@@ -392,6 +393,17 @@ class _Run:
                     "lm_seconds": self.stream.lm_seconds, "sae_seconds": self.sae_seconds[seed],
                     "final": self.curves[seed][-1] if self.curves[seed] else {}})
             shutil.rmtree(self.resume_dir(seed), ignore_errors=True)
+
+
+@torch.no_grad()
+def _inference_weights(trainer, prefix: str) -> dict[str, torch.Tensor]:
+    """The weights ``_finish`` would save now (scale folded, then SAELens's inference processing), fp16."""
+    sae = copy.deepcopy(trainer.sae)
+    if trainer.activation_scaler.scaling_factor is not None:
+        sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
+    state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    sae.process_state_dict_for_saving_inference(state)
+    return {prefix + k: v.half().cpu() for k, v in state.items()}
 
 
 def _write_snapshots(folder: Path, snapshots: dict[str, torch.Tensor]) -> None:

@@ -49,6 +49,9 @@ def test_all_runs_every_step_and_writes_the_report(tiny_profile, home, capsys):
     folder = home / "results" / "tiny-random"
     md = (folder / "report.md").read_text()
     assert "## Verdicts" in md and "| Table 4 |" in md and re.search(r"!\[.*\]\(sfr/.*\.png\)", md)
+    # the verdicts at every budget of the runs' snapshots, and where each stops changing
+    assert "## Is the budget enough?" in md
+    assert re.search(r"\| wikipedia_en_sample \| FFR \| lower \|( [a-z ]+ \|){4} (still changing|[0-9,]+ tokens) \|", md)
     page = _Page()
     page.feed((folder / "report.html").read_text())
     assert page.tags.count("table") >= 8 and len(page.images) >= 4  # checks, verdicts, 6 paper tables

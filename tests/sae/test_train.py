@@ -1,16 +1,18 @@
 """SAE training on the tiny random model: end to end, seeds, determinism, reuse, resume, bad input."""
+import copy
 import json
 
 import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
+from sae_lens.config import SAETrainerConfig
 
 import faithful
 from faithful import storage
 from faithful.data.splits import take_part
 from faithful.sae import train
-from faithful.sae.runs import CURVES_FILE
+from faithful.sae.runs import CURVES_FILE, SNAPSHOT_FILE
 from faithful.sae.topk_step import TopKTrainer
 from toy import SMALL, TEXTS
 from faithful.sae.stream import ActivationStream, pack_contexts
@@ -208,15 +210,38 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_model, texts, home, mo
     resumed = faithful.train_saes(tiny_model, texts, seeds=(42, 49), out_dir=home / "cut", **SMALL)
     assert _same_weights(whole, resumed)
     assert not (home / "cut" / ".seed42.resume").exists()
-    for a, b in zip(whole, resumed):  # the decoder snapshots taken before the cut survive it
-        sa, sb = (load_file(str(p / train.SNAPSHOT_FILE)) for p in (a, b))
-        assert sorted(sa) == ["tokens_1152", "tokens_384", "tokens_768"] and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for a, b in zip(whole, resumed):  # the snapshots taken before the cut survive it
+        sa, sb = (load_file(str(p / SNAPSHOT_FILE)) for p in (a, b))
+        assert {k.split(".")[0] for k in sa} == {"tokens_128", "tokens_384", "tokens_768"}
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_sfr_over_training_reads_the_decoder_snapshots(tiny_model, texts, home):
+def test_snapshots_hold_the_inference_weights_saelens_would_save():
+    settings = train.TrainSettings(model="m", dataset="d", fingerprint="f", hook="blocks.0.hook_resid_post",
+                                   d_in=16, d_sae=32, k=4, lr=1e-3, n_tokens=256, context_size=16, batch_size=64)
+    sae = train.make_sae(settings, seed=0)
+    tr = TopKTrainer(cfg=SAETrainerConfig(total_training_samples=256, train_batch_size_samples=64, lr=1e-3,
+                                                 lr_end=1e-3, device="cpu", autocast=False), sae=sae, data_provider=iter(()))
+    tr.activation_scaler.scaling_factor = 2.5
+    snap = train._inference_weights(tr, "tokens_64.")
+    folded = copy.deepcopy(sae)
+    folded.fold_activation_norm_scaling_factor(2.5)  # what training's end does, then save_inference_model
+    expected = {k: v.detach().clone() for k, v in folded.state_dict().items()}
+    folded.process_state_dict_for_saving_inference(expected)
+    assert sorted(snap) == sorted(f"tokens_64.{k}" for k in expected)
+    for k, w in expected.items():
+        torch.testing.assert_close(snap[f"tokens_64.{k}"].float(), w, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(snap["tokens_64.W_enc"].float(), sae.W_enc.detach(), rtol=1e-3, atol=1e-3)
+
+
+def test_sfr_over_training_reads_the_snapshots(tiny_model, texts, home):
     paths = faithful.train_saes(tiny_model, texts, seeds=(42, 49, 7), out_dir=home / "snap", **SMALL)
+    snaps = faithful.load_snapshots(paths[0])
+    assert list(snaps) == [128, 384, 768, 1536]  # 1/8, 1/4 and 1/2 of the 12 steps, and the end
+    assert not torch.equal(snaps[768].W_dec, snaps[1536].W_dec)
+    torch.testing.assert_close(snaps[1536].W_dec, faithful.load_sae(paths[0]).W_dec)
     curve = faithful.sfr_over_training(paths)
-    assert list(curve) == [384, 768, 1152, 1536] and all(len(v) == 3 for v in curve.values())
+    assert list(curve) == [128, 384, 768, 1536] and all(len(v) == 3 for v in curve.values())
     assert curve[1536] == faithful.sfr_table({"x": paths}, chance=False).rows[0]["sfr_pairs"]
     with pytest.raises(ValueError, match="two or more"):
         faithful.sfr_over_training(paths[:1])
